@@ -1,0 +1,26 @@
+# Two entry points: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# The CPU wheel of PyTorch, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: install test demo lint
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check longseq tests benchmarks
+	$(BIN)/pytest -n 2 tests
+
+demo: $(STAMP)
+	$(BIN)/longseq demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check longseq tests benchmarks
