@@ -1,0 +1,1 @@
+"""Pure tensor functions, no parameters: *_ref oracles beside the fast forms."""

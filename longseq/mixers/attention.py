@@ -1,0 +1,156 @@
+"""Multi-head softmax attention in all four patterns — the baseline every efficient mixer is measured against.
+
+Self patterns rotate queries and keys with RoPE; the position of a token is the number of valid tokens before it
+in its own sequence, so left padding does not shift positions. Cross patterns attend to a memory ``context``
+without positions (the two sequences are not aligned). Causal cross (CAB): query i sees the whole memory and its
+output does not depend on later queries — with softmax attention each query is independent, so causal and
+non-causal cross compute the same function; only the causal one streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal
+
+import torch
+from einops import rearrange
+from pydantic import Field
+from torch import Tensor, nn
+
+from longseq.cache import FullCache
+from longseq.mixers.base import InvalidHyper, Mixer, Pattern, SequenceTooLong, register
+from longseq.ops.attention import softmax_attention
+from longseq.ops.rotary import apply_rotary, rotary_cos_sin
+from longseq.state import State
+
+
+@dataclasses.dataclass
+class SelfAttentionState(State):
+    """cache: keys/values so far; seen: (B,) number of valid tokens so far (the next token's RoPE position)."""
+
+    cache: FullCache
+    seen: Tensor
+
+
+@dataclasses.dataclass
+class CrossAttentionState(State):
+    """The memory, projected once: k: (B, H, S, dh), v: (B, H, S, dh), valid: bool (B, S) or None."""
+
+    k: Tensor
+    v: Tensor
+    valid: Tensor | None
+
+
+def token_positions(mask: Tensor | None, batch: int, length: int, device: torch.device,
+                    start: Tensor | None = None) -> Tensor:
+    """(B, L) position of each token = number of valid tokens before it (plus ``start``: (B,))."""
+    if mask is None:
+        pos = torch.arange(length, device=device).expand(batch, length)
+    else:
+        pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    return pos if start is None else pos + start[:, None]
+
+
+@register("attention")
+class Attention(Mixer):
+    impls = ("sdpa", "math")
+    complexity = "O(L^2 d)"
+    state_formula = "2·L·d (K and V of every token); cross: 2·S·d (the projected memory)"
+    test_hypers = ({"n_heads": 2, "impl": "sdpa"}, {"n_heads": 2, "impl": "math"})
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        pattern: Pattern | str = Pattern.CAUSAL_SELF,
+        max_len: Annotated[int, Field(gt=0)] | None = None,
+        n_heads: Annotated[int, Field(gt=0)] | None = None,
+        impl: Literal["sdpa", "math"] = "sdpa",
+        rope: bool = True,
+        rope_base: Annotated[float, Field(gt=1.0)] = 10000.0,
+        dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+        bias: bool = False,
+    ) -> None:
+        """n_heads: default d_model // 64 (head size 64), at least 1. impl: "sdpa" (PyTorch's fused kernel) or
+        "math" (materializes the L x L score matrix). rope: rotary positions in self patterns."""
+        super().__init__(d_model, pattern=pattern, max_len=max_len)
+        n_heads = max(1, d_model // 64) if n_heads is None else n_heads
+        if d_model % n_heads:
+            raise InvalidHyper(f"mixer 'attention': d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.use_rope = rope and not self.pattern.is_cross
+        if self.use_rope and self.head_dim % 2:
+            raise InvalidHyper(f"mixer 'attention': RoPE needs an even head size, got d_model/n_heads={self.head_dim}")
+        if impl not in self.impls:
+            raise InvalidHyper(f"mixer 'attention': impl={impl!r} is not allowed; allowed: 'sdpa', 'math'")
+        self.impl, self.rope_base, self.dropout = impl, rope_base, dropout
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+
+    def _heads(self, t: Tensor) -> Tensor:
+        return rearrange(t, "b l (h d) -> b h l d", h=self.n_heads)
+
+    def _rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.use_rope:
+            return q, k
+        cos, sin = rotary_cos_sin(positions, self.head_dim, base=self.rope_base, dtype=q.dtype)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, q_valid: Tensor | None,
+                k_valid: Tensor | None) -> Tensor:
+        o = softmax_attention(q, k, v, causal=causal, q_valid=q_valid, k_valid=k_valid, impl=self.impl,
+                              dropout_p=self.dropout if self.training else 0.0)
+        y = self.out_proj(rearrange(o, "b h l d -> b l (h d)"))
+        # The output projection's bias would make padded positions non-zero; the contract says they are 0.
+        return y if q_valid is None else y.masked_fill(~q_valid[..., None], 0.0)
+
+    def _memory(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+
+    # -- parallel ---------------------------------------------------------------------------------------------
+
+    def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
+                 mask: Tensor | None) -> Tensor:
+        q = self._heads(self.q_proj(x))
+        if self.pattern.is_cross:
+            k, v = self._memory(context)
+            return self._attend(q, k, v, causal=False, q_valid=mask, k_valid=context_mask)
+        k, v = self._memory(x)
+        q, k = self._rotate(q, k, token_positions(mask, x.shape[0], x.shape[1], x.device))
+        return self._attend(q, k, v, causal=self.pattern.is_causal, q_valid=mask, k_valid=mask)
+
+    # -- streaming ----------------------------------------------------------------------------------------------
+
+    def _init_state(self, batch_size: int, *, context: Tensor | None, context_mask: Tensor | None,
+                    max_len: int | None) -> State:
+        if self.pattern.is_cross:
+            k, v = self._memory(context)
+            return CrossAttentionState(k=k, v=v, valid=context_mask)
+        device, dtype = self._device(), self._dtype()
+        cache = FullCache.empty(batch_size, self.n_heads, self.head_dim, self.head_dim, max_len=max_len,
+                                device=device, dtype=dtype)
+        return SelfAttentionState(cache=cache, seen=torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
+        q = self._heads(self.q_proj(x))
+        if isinstance(state, CrossAttentionState):
+            return self._attend(q, state.k, state.v, causal=False, q_valid=mask, k_valid=state.valid), state
+        assert isinstance(state, SelfAttentionState), f"attention: expected SelfAttentionState, got {type(state)}"
+        cache = state.cache
+        limit = cache.max_len if cache.max_len is not None else self.max_len
+        if limit is not None and cache.length + x.shape[1] > limit:
+            raise SequenceTooLong(self.name, cache.length + x.shape[1], limit)
+        k, v = self._memory(x)
+        q, k = self._rotate(q, k, token_positions(mask, x.shape[0], x.shape[1], x.device, start=state.seen))
+        cache.append(k, v, valid=mask)
+        y = self._attend(q, cache.keys(), cache.values(), causal=True, q_valid=mask,
+                         k_valid=None if cache.all_valid else cache.valid())
+        state.seen += x.shape[1] if mask is None else mask.sum(dim=1)
+        return y, state
+
+    def state_size(self, seq_len: int, context_len: int = 0) -> int:
+        return 2 * self.d_model * (context_len if self.pattern.is_cross else seq_len)

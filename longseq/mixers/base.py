@@ -1,0 +1,396 @@
+"""The Mixer contract: patterns, modes, states, refusals and the registry.
+
+Every token mixer maps ``x: (B, L, D) -> y: (B, L, D)``. A mixer is built for one *pattern* (CAB's taxonomy:
+causal/non-causal x self/cross) and, for the causal patterns, runs in three *modes* that compute the same function:
+``forward`` on the whole sequence, ``forward_stream`` over chunks carrying a ``State``, and ``step`` one token at a
+time. Subclasses implement the underscored hooks (``_forward``, ``_init_state``, ``_forward_stream`` and optionally
+``_step``); the public methods here validate inputs once, so every mixer refuses bad calls the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import pydantic
+import torch
+from torch import Tensor, nn
+
+from longseq.state import State
+
+# ----------------------------------------------------------------------------------------------------
+# Patterns and modes
+
+
+class Pattern(StrEnum):
+    """CAB's four attention patterns."""
+
+    CAUSAL_SELF = "causal_self"
+    NONCAUSAL_SELF = "noncausal_self"
+    CAUSAL_CROSS = "causal_cross"
+    NONCAUSAL_CROSS = "noncausal_cross"
+
+    @property
+    def is_causal(self) -> bool:
+        return self in (Pattern.CAUSAL_SELF, Pattern.CAUSAL_CROSS)
+
+    @property
+    def is_cross(self) -> bool:
+        return self in (Pattern.CAUSAL_CROSS, Pattern.NONCAUSAL_CROSS)
+
+    @classmethod
+    def parse(cls, value: Pattern | str) -> Pattern:
+        if isinstance(value, Pattern):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            allowed = ", ".join(p.value for p in cls)
+            raise ValueError(f"pattern={value!r} is not a pattern; allowed: {allowed}") from None
+
+
+ALL_PATTERNS: frozenset[Pattern] = frozenset(Pattern)
+
+
+class Mode(StrEnum):
+    PARALLEL = "parallel"
+    STREAM = "stream"
+    STEP = "step"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors: one meaning each, all ValueError, each naming the mixer, what was asked and what it has.
+
+
+class PatternNotSupported(ValueError):
+    def __init__(self, mixer: str, pattern: Pattern, supported: frozenset[Pattern]) -> None:
+        have = ", ".join(sorted(p.value for p in supported)) or "none"
+        super().__init__(f"mixer '{mixer}' does not support pattern '{pattern.value}'; it supports: {have}")
+
+
+class ModeNotSupported(ValueError):
+    def __init__(self, mixer: str, mode: Mode, pattern: Pattern) -> None:
+        super().__init__(
+            f"mixer '{mixer}' cannot run mode '{mode.value}' in pattern '{pattern.value}': streaming and step-by-step "
+            f"decoding exist only for causal patterns ({Pattern.CAUSAL_SELF.value}, {Pattern.CAUSAL_CROSS.value}); "
+            f"use forward() on the whole sequence"
+        )
+
+
+class SequenceTooLong(ValueError):
+    def __init__(self, mixer: str, length: int, max_len: int) -> None:
+        super().__init__(f"mixer '{mixer}' got a sequence of length {length} but was built with max_len={max_len}")
+
+
+class InvalidHyper(ValueError):
+    """An unknown hyper-parameter name, or a value outside what the mixer allows."""
+
+
+class UnknownMixer(ValueError):
+    pass
+
+
+def check_choice(mixer: str, name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """Raise ``InvalidHyper`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        options = ", ".join(map(repr, allowed))
+        raise InvalidHyper(f"mixer '{mixer}': {name}={value!r} is not allowed; allowed: {options}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Mixer
+
+
+class Mixer(nn.Module):
+    """Base class of all token mixers. See DESIGN.md §2 and docs/adding-a-mixer.md.
+
+    Class attributes a mixer declares:
+        name: set by ``@register``.
+        impls: alternative computations of the same function, selected by the ``impl`` hyper.
+        complexity: time complexity of the parallel form, e.g. "O(L^2 d)".
+        state_formula: the streaming state size in words, e.g. "2·L·d (K and V)".
+        test_hypers: small settings for the contract suite; each window/chunk/landmark count below L/2.
+        exact_stream: False only for lossy caches, where streaming equals forward only within a bound.
+    """
+
+    name: ClassVar[str] = "mixer"
+    impls: ClassVar[tuple[str, ...]] = ()
+    complexity: ClassVar[str] = ""
+    state_formula: ClassVar[str] = ""
+    test_hypers: ClassVar[tuple[dict[str, Any], ...]] = ({},)
+    exact_stream: ClassVar[bool] = True
+
+    @classmethod
+    def supported_patterns(cls, **hyper: Any) -> frozenset[Pattern]:
+        return ALL_PATTERNS
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        pattern: Pattern | str = Pattern.CAUSAL_SELF,
+        max_len: int | None = None,
+        hypers: dict[str, Any] | None = None,
+    ) -> None:
+        """``hypers`` are the subclass's pattern-relevant hypers, passed to ``supported_patterns``."""
+        super().__init__()
+        if not isinstance(d_model, int) or d_model <= 0:
+            raise InvalidHyper(f"mixer '{self.name}': d_model={d_model!r} must be a positive integer")
+        if max_len is not None and (not isinstance(max_len, int) or max_len <= 0):
+            raise InvalidHyper(f"mixer '{self.name}': max_len={max_len!r} must be a positive integer or None")
+        self.pattern = Pattern.parse(pattern)
+        supported = self.supported_patterns(**(hypers or {}))
+        if self.pattern not in supported:
+            raise PatternNotSupported(self.name, self.pattern, supported)
+        self.d_model = d_model
+        self.max_len = max_len
+
+    # -- public API: validation, then the subclass hooks -------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Parallel mode. x: (B, L, D); context: (B, S, D) for cross patterns; masks: bool (B, L) / (B, S),
+        True = valid. Returns y: (B, L, D) with y = 0 at masked positions."""
+        self._check_input("x", x)
+        self._check_length(x.shape[1])
+        mask = self._check_mask("mask", mask, x)
+        context, context_mask = self._check_context(x, context, context_mask)
+        return self._forward(x, context=context, context_mask=context_mask, mask=mask)
+
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        max_len: int | None = None,
+    ) -> State:
+        """Empty streaming state. Cross patterns encode ``context: (B, S, D)`` here, once."""
+        self._check_mode(Mode.STREAM)
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"mixer '{self.name}': batch_size={batch_size!r} must be a positive integer")
+        if self.pattern.is_cross:
+            probe = torch.empty(batch_size, 0, self.d_model, device=self._device(), dtype=self._dtype())
+            context, context_mask = self._check_context(probe, context, context_mask)
+        elif context is not None or context_mask is not None:
+            raise ValueError(f"mixer '{self.name}' in pattern '{self.pattern.value}' takes no context")
+        limit = max_len if max_len is not None else self.max_len
+        return self._init_state(batch_size, context=context, context_mask=context_mask, max_len=limit)
+
+    def forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None = None) -> tuple[Tensor, State]:
+        """Stream mode: the next chunk x: (B, T, D) given the state after the previous chunks.
+        Returns (y: (B, T, D), state); the state may be updated in place."""
+        self._check_mode(Mode.STREAM)
+        self._check_input("x", x)
+        mask = self._check_mask("mask", mask, x)
+        return self._forward_stream(x, state, mask=mask)
+
+    def step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None = None) -> tuple[Tensor, State]:
+        """Step mode: one token x_t: (B, D), mask_t: bool (B,). Returns (y_t: (B, D), state)."""
+        self._check_mode(Mode.STEP)
+        if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
+            shape = tuple(x_t.shape)
+            raise ValueError(f"mixer '{self.name}': step expects x_t of shape (B, {self.d_model}), got {shape}")
+        if mask_t is not None and (mask_t.dtype != torch.bool or mask_t.shape != x_t.shape[:1]):
+            raise ValueError(f"mixer '{self.name}': mask_t must be bool of shape {tuple(x_t.shape[:1])}")
+        return self._step(x_t, state, mask_t=mask_t)
+
+    def state_size(self, seq_len: int, context_len: int = 0) -> int:
+        """Floats per sequence held by the streaming state after ``seq_len`` tokens (and a memory of
+        ``context_len`` tokens in cross patterns)."""
+        raise ModeNotSupported(self.name, Mode.STREAM, self.pattern)
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return modes_for(self.pattern)
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+
+    def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
+                 mask: Tensor | None) -> Tensor:
+        raise ModeNotSupported(self.name, Mode.PARALLEL, self.pattern)
+
+    def _init_state(self, batch_size: int, *, context: Tensor | None, context_mask: Tensor | None,
+                    max_len: int | None) -> State:
+        raise ModeNotSupported(self.name, Mode.STREAM, self.pattern)
+
+    def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
+        raise ModeNotSupported(self.name, Mode.STREAM, self.pattern)
+
+    def _step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None) -> tuple[Tensor, State]:
+        y, state = self._forward_stream(x_t[:, None], state, mask=None if mask_t is None else mask_t[:, None])
+        return y[:, 0], state
+
+    # -- validation helpers -----------------------------------------------------------------------------------
+
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    def _check_mode(self, mode: Mode) -> None:
+        if mode not in self.modes:
+            raise ModeNotSupported(self.name, mode, self.pattern)
+
+    def _check_input(self, what: str, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"mixer '{self.name}': {what} must have shape (B, L, {self.d_model}), got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"mixer '{self.name}': {what} must be a floating tensor, got {x.dtype}")
+
+    def _check_length(self, length: int) -> None:
+        if self.max_len is not None and length > self.max_len:
+            raise SequenceTooLong(self.name, length, self.max_len)
+
+    def _check_mask(self, what: str, mask: Tensor | None, x: Tensor) -> Tensor | None:
+        if mask is None:
+            return None
+        if mask.dtype != torch.bool or mask.shape != x.shape[:2]:
+            raise ValueError(
+                f"mixer '{self.name}': {what} must be a bool tensor of shape {tuple(x.shape[:2])} (True = valid), "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        return mask
+
+    def _check_context(self, x: Tensor, context: Tensor | None,
+                       context_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        if not self.pattern.is_cross:
+            if context is not None or context_mask is not None:
+                raise ValueError(f"mixer '{self.name}' in pattern '{self.pattern.value}' takes no context")
+            return None, None
+        if context is None:
+            raise ValueError(f"mixer '{self.name}' in pattern '{self.pattern.value}' needs context: (B, S, D)")
+        self._check_input("context", context)
+        if context.shape[0] != x.shape[0]:
+            raise ValueError(f"mixer '{self.name}': context batch {context.shape[0]} != x batch {x.shape[0]}")
+        return context, self._check_mask("context_mask", context_mask, context)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, pattern={self.pattern.value}, max_len={self.max_len}"
+
+
+def modes_for(pattern: Pattern) -> tuple[Mode, ...]:
+    return (Mode.PARALLEL, Mode.STREAM, Mode.STEP) if pattern.is_causal else (Mode.PARALLEL,)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, type[Mixer]] = {}
+_BASE_ARGS = ("self", "d_model")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerInfo:
+    name: str
+    cls: type[Mixer]
+    patterns: frozenset[Pattern]
+    impls: tuple[str, ...]
+    complexity: str
+    state_formula: str
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return tuple(dict.fromkeys(m for p in sorted(self.patterns) for m in modes_for(p)))
+
+
+def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
+    """Class decorator: ``@register("mamba")`` makes the mixer buildable by name and part of the contract suite."""
+
+    def deco(cls: type[Mixer]) -> type[Mixer]:
+        if name in _REGISTRY:
+            raise ValueError(f"a mixer named '{name}' is already registered ({_REGISTRY[name].__qualname__})")
+        params = inspect.signature(cls.__init__).parameters.values()
+        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+            raise TypeError(f"mixer '{name}': __init__ must list its hypers explicitly (no *args/**kwargs)")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def mixer_class(name: str) -> type[Mixer]:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UnknownMixer(f"unknown mixer '{name}'{hint}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def hyper_names(cls: type[Mixer]) -> list[str]:
+    """The keyword hypers a mixer accepts (pattern and max_len included)."""
+    return [n for n in inspect.signature(cls.__init__).parameters if n not in _BASE_ARGS]
+
+
+def _hyper_model(cls: type[Mixer]) -> type[pydantic.BaseModel]:
+    """A pydantic model of the constructor's keyword arguments, so values are type-checked with clear errors."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    fields: dict[str, Any] = {}
+    for pname, p in inspect.signature(cls.__init__).parameters.items():
+        if pname in _BASE_ARGS:
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[pname] = (hints.get(pname, Any), default)
+    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return pydantic.create_model(f"{cls.__name__}Hypers", __config__=config, **fields)
+
+
+def validate_hypers(name: str, hypers: dict[str, Any]) -> dict[str, Any]:
+    """Check ``hypers`` against mixer ``name``'s constructor: unknown names and ill-typed values raise
+    ``InvalidHyper`` naming the field, the value and what is allowed. Returns the coerced values."""
+    cls = mixer_class(name)
+    allowed = hyper_names(cls)
+    for key in hypers:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InvalidHyper(f"mixer '{name}' has no hyper '{key}'{hint}; allowed: {', '.join(allowed)}")
+    try:
+        model = _hyper_model(cls).model_validate(hypers)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InvalidHyper(
+            f"mixer '{name}': {field}={err.get('input')!r} is invalid: {err['msg']}"
+        ) from None
+    return {k: getattr(model, k) for k in hypers}
+
+
+def build(name: str, d_model: int, **hypers: Any) -> Mixer:
+    """Build mixer ``name`` with validated hypers, e.g. ``build("attention", 64, pattern="causal_self")``."""
+    if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model <= 0:
+        raise InvalidHyper(f"mixer '{name}': d_model={d_model!r} must be a positive integer")
+    return mixer_class(name)(d_model, **validate_hypers(name, hypers))
+
+
+def info(name: str) -> MixerInfo:
+    cls = mixer_class(name)
+    return MixerInfo(
+        name=name,
+        cls=cls,
+        patterns=cls.supported_patterns(),
+        impls=cls.impls,
+        complexity=cls.complexity,
+        state_formula=cls.state_formula,
+    )
+
+
+def available() -> list[MixerInfo]:
+    """Every registered mixer, sorted by name, with its patterns, modes, impls, complexity and state size."""
+    return [info(n) for n in sorted(_REGISTRY)]
