@@ -1,0 +1,167 @@
+"""Multi-query associative recall (MQAR), as defined by Zoology (Arora, Eyuboglu et al., ICLR 2024).
+
+Layout of one example, with ``N = num_kv_pairs``, ``C = 2N`` and ``L = seq_len`` (V=12, N=2, L=16)::
+
+    inputs:  2    8    4    7    0    0    4    0    0    0    0    0    2    0    0    0
+    labels: -100 -100 -100 -100 -100 -100  7   -100 -100 -100 -100 -100  8   -100 -100 -100
+             k1   v1   k2   v2  |<------------------ query region ------------------->|
+
+- Keys are ``N`` distinct tokens from ``[1, V//2)``, values ``N`` distinct tokens from ``[V//2, V)``, paired in
+  the order drawn; the context ``k1 v1 ... kN vN`` fills positions ``[0, C)``. Token 0 is filler.
+- The query region holds ``space = (L - C) // 2`` slots at even offsets. Key ``k_i`` is queried in slot
+  ``gap_i``, i.e. at input position ``C + 2 * gap_i``. The N gaps are distinct, drawn without replacement with
+  weights ``p(g) ∝ a (g + 1)^(a - 1)`` (``a = power_a``): for the default ``a = 0.01`` about ``1 / (g + 1)``,
+  so queries cluster just after the context; ``a = 1`` is uniform.
+- The label at a query key's input position is that key's value; every other label is -100. The value is not
+  shown after the query (the next input token is filler), so a model must recall it from the context.
+- ``random_non_queries=True`` replaces each filler 0 by a uniform token from ``[0, V)`` (it may be 0 again, or
+  collide with a key or value, acting as a distractor). Zoology's ``MQARConfig`` defaults to True; the paper's
+  Figure-2 configs use False, which is this task's default.
+- Zoology's assertions are enforced: ``seq_len`` even, ``vocab_size > seq_len``, ``4 * num_kv_pairs <= seq_len``.
+  (Zoology's own docstring example above, V=12 with L=16, breaks its ``vocab_size > input_seq_len`` assertion;
+  here that layout needs ``vocab_size >= 17``.)
+
+Per-example randomness comes from ``SeedSequence([seed, split_id, index])`` (see ``base.example_rng``); the
+gaps use the exponential race (the N smallest of ``Exp(1) / p(g)``, in increasing order), which draws the same
+ordered sample as sequential weighted sampling without replacement (numpy's ``choice(replace=False, p=p)``) but
+vectorises over the batch. Zoology's ``num_passes > 1`` (context repeated, the JRT variant) is not offered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from longseq.tasks.base import (
+    IGNORE_INDEX,
+    TaskParameterError,
+    check_indices,
+    check_split,
+    example_rng,
+    per_example_accuracy,
+    register_task,
+)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+@register_task("mqar")
+class MQAR:
+    """Zoology multi-query associative recall: recall the value paired with each queried key."""
+
+    name = "mqar"
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        *,
+        vocab_size: PositiveInt = 8192,
+        seq_len: PositiveInt = 128,
+        num_kv_pairs: PositiveInt = 8,
+        num_train: PositiveInt = 100_000,
+        num_test: PositiveInt = 3_000,
+        power_a: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.01,
+        random_non_queries: bool = False,
+        seed: Annotated[int, Field(ge=0)] = 0,
+    ) -> None:
+        problems = []
+        if seq_len % 2:
+            problems.append(f"seq_len={seq_len} must be even")
+        if 4 * num_kv_pairs > seq_len:
+            problems.append(
+                f"4*num_kv_pairs > seq_len ({4 * num_kv_pairs} > {seq_len}): the context takes 2*num_kv_pairs "
+                "tokens and the query region needs one even slot per key"
+            )
+        if vocab_size <= seq_len:
+            problems.append(f"vocab_size={vocab_size} must be greater than seq_len={seq_len}")
+        num_keys = vocab_size // 2 - 1
+        if num_kv_pairs > num_keys:
+            problems.append(
+                f"num_kv_pairs={num_kv_pairs} > vocab_size/2 - 1 = {num_keys}: too few keys "
+                f"(keys are the distinct tokens in [1, {vocab_size // 2}))"
+            )
+        if problems:
+            raise TaskParameterError("task 'mqar': " + "; ".join(problems))
+
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.num_kv_pairs = num_kv_pairs
+        self.num_train = num_train
+        self.num_test = num_test
+        self.power_a = power_a
+        self.random_non_queries = random_non_queries
+        self.seed = seed
+
+        self.context_len = 2 * num_kv_pairs
+        self.num_query_slots = (seq_len - self.context_len) // 2
+        slots = np.arange(1, self.num_query_slots + 1, dtype=np.float64)
+        weights = power_a * slots ** (power_a - 1)
+        self.gap_probabilities = weights / weights.sum()
+
+    def num_examples(self, split: str) -> int:
+        """Number of examples in ``split`` ("train" or "test")."""
+        check_split(split)
+        return self.num_train if split == "train" else self.num_test
+
+    def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+        """``inputs: (B, L) int64`` and ``labels: (B, L) int64`` (-100 off the query positions)."""
+        split_id = check_split(split)
+        rows = check_indices(split, indices, self.num_examples(split))
+        batch_size, n, length = rows.size, self.num_kv_pairs, self.seq_len
+        half = self.vocab_size // 2
+
+        keys = np.empty((batch_size, n), dtype=np.int64)
+        values = np.empty((batch_size, n), dtype=np.int64)
+        gap_uniforms = np.empty((batch_size, self.num_query_slots), dtype=np.float64)
+        noise = np.empty((batch_size, length), dtype=np.int64) if self.random_non_queries else None
+        for row, index in enumerate(rows.tolist()):
+            rng = example_rng(self.seed, split_id, index)
+            keys[row] = rng.choice(half - 1, size=n, replace=False)
+            values[row] = rng.choice(self.vocab_size - half, size=n, replace=False)
+            gap_uniforms[row] = rng.random(self.num_query_slots)
+            if noise is not None:
+                noise[row] = rng.integers(0, self.vocab_size, size=length)
+        keys += 1
+        values += half
+
+        # Exponential race: slot g finishes at Exp(1) / p(g); the first n finishers, in finishing order, are
+        # a weighted sample without replacement in draw order. -log1p(-u) is Exp(1) and finite for u in [0, 1).
+        finish_times = -np.log1p(-gap_uniforms) / self.gap_probabilities
+        gaps = np.argsort(finish_times, axis=1, kind="stable")[:, :n]
+
+        inputs = np.zeros((batch_size, length), dtype=np.int64)
+        inputs[:, 0 : self.context_len : 2] = keys
+        inputs[:, 1 : self.context_len : 2] = values
+        query_positions = self.context_len + 2 * gaps
+        batch_rows = np.arange(batch_size)[:, None]
+        inputs[batch_rows, query_positions] = keys
+        labels = np.full((batch_size, length), IGNORE_INDEX, dtype=np.int64)
+        labels[batch_rows, query_positions] = values
+        if noise is not None:
+            filler = inputs == 0
+            inputs[filler] = noise[filler]
+        return torch.from_numpy(inputs), torch.from_numpy(labels)
+
+    def score(self, predictions: Tensor, targets: Tensor, example_index: Tensor, batch_size: int) -> Tensor:
+        """Per-example accuracy ``(batch_size,)`` over the supervised (query) positions, as Zoology computes it."""
+        return per_example_accuracy(predictions, targets, example_index, batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "seq_len": self.seq_len,
+            "num_kv_pairs": self.num_kv_pairs,
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "power_a": self.power_a,
+            "random_non_queries": self.random_non_queries,
+            "seed": self.seed,
+        }
