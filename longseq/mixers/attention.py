@@ -34,11 +34,13 @@ class SelfAttentionState(State):
 
 @dataclasses.dataclass
 class CrossAttentionState(State):
-    """The memory, projected once: k: (B, H, S, dh), v: (B, H, S, dh), valid: bool (B, S) or None."""
+    """The memory, projected once: k: (B, H, S, dh), v: (B, H, S, dh), valid: bool (B, S) or None;
+    length: queries streamed so far (checked against max_len)."""
 
     k: Tensor
     v: Tensor
     valid: Tensor | None
+    length: int = 0
 
 
 def token_positions(mask: Tensor | None, batch: int, length: int, device: torch.device,
@@ -138,6 +140,8 @@ class Attention(Mixer):
     def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
         q = self._heads(self.q_proj(x))
         if isinstance(state, CrossAttentionState):
+            self._check_length(state.length + x.shape[1])
+            state.length += x.shape[1]
             return self._attend(q, state.k, state.v, causal=False, q_valid=mask, k_valid=state.valid), state
         assert isinstance(state, SelfAttentionState), f"attention: expected SelfAttentionState, got {type(state)}"
         cache = state.cache

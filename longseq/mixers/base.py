@@ -115,7 +115,8 @@ class Mixer(nn.Module):
         complexity: time complexity of the parallel form, e.g. "O(L^2 d)".
         state_formula: the streaming state size in words, e.g. "2·L·d (K and V)".
         test_hypers: small settings for the contract suite; each window/chunk/landmark count below L/2.
-        exact_stream: False only for lossy caches, where streaming equals forward only within a bound.
+        exact_stream: False only for lossy caches, where streaming equals forward only within ``stream_bound``
+            (max abs difference, float64).
     """
 
     name: ClassVar[str] = "mixer"
@@ -124,6 +125,7 @@ class Mixer(nn.Module):
     state_formula: ClassVar[str] = ""
     test_hypers: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     exact_stream: ClassVar[bool] = True
+    stream_bound: ClassVar[float] = 0.0
 
     @classmethod
     def supported_patterns(cls, **hyper: Any) -> frozenset[Pattern]:

@@ -72,7 +72,8 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, 
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                              scale=scale)
     elif impl == "math":
-        scores = (q @ k.transpose(-2, -1)).float() * scale
+        # Half-precision inputs get a float32 softmax; float64 stays float64.
+        scores = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) * scale
         if mask is not None:
             scores = scores.masked_fill(~mask, -math.inf)
         probs = torch.softmax(scores, dim=-1).to(v.dtype)

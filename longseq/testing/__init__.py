@@ -1,0 +1,1 @@
+"""Test utilities: the Mixer contract as checks (contract.py)."""
