@@ -1,0 +1,518 @@
+"""SQLite store of training/quality runs and speed points, every row carrying its provenance.
+
+One file (default ``./longseq-results/results.db``, or ``$LONGSEQ_RESULTS``), WAL mode, one committed
+transaction per write: a result recorded before a crash is never lost. Published figures travel as JSONL
+(``export_jsonl`` / ``import_jsonl``); importing the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from longseq.results.provenance import utc_now_iso
+
+SCHEMA_VERSION = 1
+
+RunKind = Literal["train", "quality"]
+RunStatus = Literal["running", "completed", "failed", "interrupted"]
+SpeedMode = Literal["fwd", "fwdbwd", "prefill", "decode"]
+SpeedStatus = Literal["ok", "skipped", "oom", "crashed", "killed", "timeout"]
+
+RUN_KINDS: tuple[str, ...] = get_args(RunKind)
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+FINISHED_RUN_STATUSES: tuple[str, ...] = tuple(s for s in RUN_STATUSES if s != "running")
+SPEED_MODES: tuple[str, ...] = get_args(SpeedMode)
+SPEED_STATUSES: tuple[str, ...] = get_args(SpeedStatus)
+TABLES = ("runs", "speed")
+
+# Copied out of the provenance JSON into their own columns so that plain SQL can filter and group on them.
+PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "cpu_model", "threads", "command")
+_JSON_COLUMNS = ("config", "metrics", "provenance", "hypers")
+# Columns the store computes itself; an imported row's copies of them are dropped and recomputed.
+_DERIVED_COLUMNS = ("id", "row_key", *PROVENANCE_COLUMNS)
+_REPR_LIMIT = 80
+
+_Record = TypeVar("_Record", bound=BaseModel)
+
+
+class ResultsStoreError(ValueError):
+    """A results store that cannot be opened, or a row or request that the store refuses."""
+
+
+class RunRecord(BaseModel):
+    """One row of the ``runs`` table (training or quality run), without the derived provenance columns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(min_length=1)
+    created_at: str
+    finished_at: str | None = None
+    status: RunStatus
+    kind: RunKind
+    task: str
+    mixer: str
+    suite: str | None = None
+    cell_key: str | None = None
+    config: dict[str, Any]
+    n_params: NonNegativeInt
+    state_floats: NonNegativeInt | None = None
+    metrics: dict[str, Any] | None = None
+    wall_time_s: NonNegativeFloat | None = None
+    tokens_per_s: NonNegativeFloat | None = None
+    steps: NonNegativeInt | None = None
+    provenance: dict[str, Any]
+
+
+class SpeedPoint(BaseModel):
+    """One row of the ``speed`` table: one (label, pattern, mode, length) measurement of one bench run.
+
+    For ``mode="decode"`` ``seq_len`` is the context length and ``median_s`` the time per generated token.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bench_id: str = Field(min_length=1)
+    created_at: str = Field(default_factory=utc_now_iso)
+    label: str
+    mixer: str
+    hypers: dict[str, Any] = Field(default_factory=dict)
+    pattern: str
+    mode: SpeedMode
+    seq_len: PositiveInt
+    batch: PositiveInt
+    d_model: PositiveInt
+    dtype: str
+    device: str
+    status: SpeedStatus
+    median_s: NonNegativeFloat | None = None
+    iqr_s: NonNegativeFloat | None = None
+    repeats: NonNegativeInt | None = None
+    tokens_per_s: NonNegativeFloat | None = None
+    peak_mem_bytes: NonNegativeInt | None = None
+    state_floats: NonNegativeInt | None = None
+    error: str | None = None
+    provenance: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _ok_point_has_a_time(self) -> SpeedPoint:
+        if self.status == "ok" and self.median_s is None:
+            raise ValueError("a point with status 'ok' needs median_s")
+        return self
+
+
+def default_store_path() -> Path:
+    """``$LONGSEQ_RESULTS`` when set and non-empty, else ``longseq-results/results.db`` under the cwd."""
+    override = os.environ.get("LONGSEQ_RESULTS", "").strip()
+    return Path(override).expanduser() if override else Path("longseq-results") / "results.db"
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+def _validated(model: type[_Record], fields: dict[str, Any], what: str) -> _Record:
+    """``model(**fields)``, with pydantic's errors rewritten as one line naming keys, values and allowed."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors(include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}")
+            elif error["type"] == "missing":
+                problems.append(f"missing key {where!r}")
+            elif where:
+                problems.append(f"{where}={_short_repr(error['input'])}: {error['msg']}")
+            else:
+                problems.append(error["msg"].removeprefix("Value error, "))
+        message = f"invalid {what}: " + "; ".join(problems)
+        if any(error["type"] == "extra_forbidden" for error in err.errors()):
+            message += f" (allowed keys: {', '.join(model.model_fields)})"
+        raise ResultsStoreError(message) from None
+
+
+def _json_default(value: object) -> object:
+    # numpy and torch scalars (hyperparameters, metrics) carry .item(); anything else is a caller's bug.
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _to_json(column: str, value: object) -> str:
+    try:
+        # sort_keys makes the text canonical: the speed table's row_key hashes it.
+        return json.dumps(value, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise ResultsStoreError(f"{column} must be JSON-serializable: {err}") from None
+
+
+def _column_values(record: BaseModel) -> dict[str, Any]:
+    """The SQL column values of a validated record: JSON columns encoded, provenance columns copied out."""
+    values = record.model_dump()
+    for column in _JSON_COLUMNS:
+        if values.get(column) is not None:
+            values[column] = _to_json(column, values[column])
+    provenance: dict[str, Any] = record.provenance  # type: ignore[attr-defined]
+    for column in PROVENANCE_COLUMNS:
+        value = provenance.get(column)
+        if value is None:
+            values[column] = None
+        elif column == "git_dirty":
+            values[column] = int(bool(value))
+        elif column == "threads":
+            values[column] = int(value)
+        else:
+            values[column] = str(value)
+    return values
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out.pop("row_key", None)
+    for column in _JSON_COLUMNS:
+        if out.get(column) is not None:
+            out[column] = json.loads(out[column])
+    if out.get("git_dirty") is not None:
+        out["git_dirty"] = bool(out["git_dirty"])
+    return out
+
+
+def _sql_in(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{value}'" for value in values) + ")"
+
+
+_PROVENANCE_SQL = (
+    "git_commit TEXT, git_dirty INTEGER, torch_version TEXT, cpu_model TEXT, threads INTEGER, command TEXT"
+)
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    f"""CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, finished_at TEXT,
+        status TEXT NOT NULL CHECK (status IN {_sql_in(RUN_STATUSES)}),
+        kind TEXT NOT NULL CHECK (kind IN {_sql_in(RUN_KINDS)}),
+        task TEXT NOT NULL, mixer TEXT NOT NULL, suite TEXT, cell_key TEXT,
+        config TEXT NOT NULL, n_params INTEGER NOT NULL, state_floats INTEGER,
+        metrics TEXT, wall_time_s REAL, tokens_per_s REAL, steps INTEGER,
+        provenance TEXT NOT NULL, {_PROVENANCE_SQL})""",
+    "CREATE INDEX runs_cell_key ON runs (cell_key)",
+    f"""CREATE TABLE speed (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, row_key TEXT NOT NULL UNIQUE,
+        bench_id TEXT NOT NULL, created_at TEXT NOT NULL, label TEXT NOT NULL, mixer TEXT NOT NULL,
+        hypers TEXT NOT NULL, pattern TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN {_sql_in(SPEED_MODES)}),
+        seq_len INTEGER NOT NULL, batch INTEGER NOT NULL, d_model INTEGER NOT NULL,
+        dtype TEXT NOT NULL, device TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN {_sql_in(SPEED_STATUSES)}),
+        median_s REAL, iqr_s REAL, repeats INTEGER, tokens_per_s REAL, peak_mem_bytes INTEGER,
+        state_floats INTEGER, error TEXT, provenance TEXT NOT NULL, {_PROVENANCE_SQL})""",
+    "CREATE INDEX speed_bench_id ON speed (bench_id)",
+)
+
+
+class ResultsStore:
+    """The results database: ``runs`` (training and quality runs) and ``speed`` (speed/memory points).
+
+    Use as a context manager, or call ``close()``. Every write is its own committed transaction.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), schema included.
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except (OSError, sqlite3.Error) as err:
+            raise ResultsStoreError(f"cannot open results store {self.path}: {err}") from err
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._check_or_create_schema()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise ResultsStoreError(f"cannot use {self.path} as a results store: {err}") from err
+        except ResultsStoreError:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so two writers queue instead of failing mid-transaction.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            # SQLite rolls some failures back by itself; a second ROLLBACK would mask the real error.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _check_or_create_schema(self) -> None:
+        with self._transaction() as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables.discard("sqlite_sequence")
+            if not tables:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                return
+            if "meta" not in tables:
+                raise ResultsStoreError(
+                    f"{self.path} is an SQLite database but not a longseq results store "
+                    f"(tables {sorted(tables)}, no 'meta' table)"
+                )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = None if row is None else row[0]
+            if found != str(SCHEMA_VERSION):
+                raise ResultsStoreError(
+                    f"results store {self.path} has schema_version={found!r}; this longseq reads "
+                    f"schema_version {SCHEMA_VERSION} only"
+                )
+
+    # ----- runs -----
+
+    def start_run(
+        self,
+        *,
+        kind: str,
+        task: str,
+        mixer: str,
+        config: dict,
+        n_params: int,
+        provenance: dict,
+        state_floats: int | None = None,
+        suite: str | None = None,
+        cell_key: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Record a run as ``running`` and return its run_id (a new uuid4 hex unless given).
+
+        Starting an existing run_id again (a resumed run) resets it to ``running``; a completed run refuses.
+        """
+        record = _validated(
+            RunRecord,
+            {
+                "run_id": run_id if run_id is not None else uuid.uuid4().hex,
+                "created_at": utc_now_iso(),
+                "status": "running",
+                "kind": kind,
+                "task": task,
+                "mixer": mixer,
+                "suite": suite,
+                "cell_key": cell_key,
+                "config": config,
+                "n_params": n_params,
+                "state_floats": state_floats,
+                "provenance": provenance,
+            },
+            "run",
+        )
+        values = _column_values(record)
+        restarted = ", ".join(f"{column} = excluded.{column}" for column in values if column != "created_at")
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))}) "
+                f"ON CONFLICT (run_id) DO UPDATE SET {restarted} WHERE runs.status != 'completed'",
+                tuple(values.values()),
+            )
+            if cursor.rowcount == 0:
+                raise ResultsStoreError(f"run_id={record.run_id!r} is already completed in {self.path}")
+        return record.run_id
+
+    def finish_run(
+        self, run_id: str, *, status: str, metrics: dict, wall_time_s: float, tokens_per_s: float, steps: int
+    ) -> None:
+        """Close a ``running`` run with its final status and results."""
+        if status not in FINISHED_RUN_STATUSES:
+            raise ResultsStoreError(f"finish_run status={status!r}; allowed: {', '.join(FINISHED_RUN_STATUSES)}")
+        with self._transaction() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise ResultsStoreError(f"finish_run: no run with run_id={run_id!r} in {self.path}")
+            if row["status"] != "running":
+                raise ResultsStoreError(f"finish_run: run_id={run_id!r} is already {row['status']!r}")
+            stored = {k: v for k, v in _decoded(row).items() if k not in _DERIVED_COLUMNS}
+            stored.update(
+                status=status,
+                finished_at=utc_now_iso(),
+                metrics=metrics,
+                wall_time_s=wall_time_s,
+                tokens_per_s=tokens_per_s,
+                steps=steps,
+            )
+            values = _column_values(_validated(RunRecord, stored, "run"))
+            changed = ("status", "finished_at", "metrics", "wall_time_s", "tokens_per_s", "steps")
+            conn.execute(
+                f"UPDATE runs SET {', '.join(f'{c} = ?' for c in changed)} WHERE run_id = ?",
+                (*(values[c] for c in changed), run_id),
+            )
+
+    def get_run(self, run_id: str) -> dict:
+        """The run with this run_id (JSON columns decoded)."""
+        row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ResultsStoreError(f"no run with run_id={run_id!r} in {self.path}")
+        return _decoded(row)
+
+    def runs(
+        self,
+        *,
+        kind: str | None = None,
+        task: str | None = None,
+        mixer: str | None = None,
+        status: str | None = None,
+        suite: str | None = None,
+    ) -> list[dict]:
+        """Runs matching every given filter, oldest first, JSON columns decoded."""
+        _check_filter("kind", kind, RUN_KINDS)
+        _check_filter("status", status, RUN_STATUSES)
+        filters = {"kind": kind, "task": task, "mixer": mixer, "status": status, "suite": suite}
+        return self._select("runs", filters, order="created_at, rowid")
+
+    def finished_cell(self, cell_key: str) -> dict | None:
+        """The latest *completed* run of this grid cell, or None (so failed or interrupted cells run again)."""
+        row = self._conn.execute(
+            "SELECT * FROM runs WHERE cell_key = ? AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
+            (cell_key,),
+        ).fetchone()
+        return None if row is None else _decoded(row)
+
+    # ----- speed -----
+
+    def add_speed_point(self, row: dict) -> int:
+        """Store one speed point (keys: the fields of ``SpeedPoint``) and return its id."""
+        values = self._speed_values(row)
+        with self._transaction() as conn:
+            try:
+                cursor = conn.execute(_insert_sql("speed", values), tuple(values.values()))
+            except sqlite3.IntegrityError as err:
+                raise ResultsStoreError(f"this speed point is already stored in {self.path}") from err
+        return int(cursor.lastrowid)
+
+    def speed_points(
+        self,
+        *,
+        bench_id: str | None = None,
+        label: str | None = None,
+        mode: str | None = None,
+        status: str | None = None,
+    ) -> list[dict]:
+        """Speed points matching every given filter, in insertion order, JSON columns decoded."""
+        _check_filter("mode", mode, SPEED_MODES)
+        _check_filter("status", status, SPEED_STATUSES)
+        filters = {"bench_id": bench_id, "label": label, "mode": mode, "status": status}
+        return self._select("speed", filters, order="id")
+
+    def latest_bench_id(self) -> str | None:
+        """The bench_id of the most recently created speed point, None when there is none."""
+        row = self._conn.execute("SELECT bench_id FROM speed ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
+    # ----- JSONL -----
+
+    def export_jsonl(self, path: str | Path, table: str, *, bench_id: str | None = None) -> int:
+        """Write every row of ``table`` (only ``bench_id``'s points, if given) as JSONL; return the count.
+
+        Each line carries ``"table": <table>``, so files of both tables can be imported alike.
+        """
+        if table not in TABLES:
+            raise ResultsStoreError(f"table={table!r}; allowed: {', '.join(TABLES)}")
+        if bench_id is not None and table != "speed":
+            raise ResultsStoreError("bench_id selects speed points; it needs table='speed'")
+        rows = self.runs() if table == "runs" else self.speed_points(bench_id=bench_id)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps({"table": table, **row}, default=_json_default) + "\n")
+        partial.replace(path)  # atomic: a reader never sees half a file
+        return len(rows)
+
+    def import_jsonl(self, path: str | Path) -> int:
+        """Add the rows of a JSONL file written by ``export_jsonl``; return how many were new.
+
+        Runs are keyed by run_id (the first copy wins); speed points by a hash of their content. The whole
+        file is one transaction: a bad line imports nothing and the error names its line number.
+        """
+        path = Path(path)
+        added = 0
+        with self._transaction() as conn, path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    added += self._import_line(conn, line)
+                except (ResultsStoreError, json.JSONDecodeError) as err:
+                    raise ResultsStoreError(f"{path}:{number}: {err}") from None
+        return added
+
+    def _import_line(self, conn: sqlite3.Connection, line: str) -> int:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise ResultsStoreError(f"expected a JSON object, got {type(row).__name__}")
+        table = row.pop("table", None)
+        if table not in TABLES:
+            raise ResultsStoreError(f"table={table!r}; allowed: {', '.join(TABLES)}")
+        row = {key: value for key, value in row.items() if key not in _DERIVED_COLUMNS}
+        values = _column_values(_validated(RunRecord, row, "run")) if table == "runs" else self._speed_values(row)
+        cursor = conn.execute(_insert_sql(table, values, skip_existing=True), tuple(values.values()))
+        return cursor.rowcount
+
+    # ----- helpers -----
+
+    @staticmethod
+    def _speed_values(row: dict) -> dict[str, Any]:
+        if not isinstance(row, dict):
+            raise ResultsStoreError(f"a speed point must be a dict, got {type(row).__name__}")
+        values = _column_values(_validated(SpeedPoint, row, "speed point"))
+        # The content hash is the natural key that makes re-importing a file a no-op.
+        canonical = json.dumps(values, sort_keys=True)
+        return {"row_key": hashlib.sha256(canonical.encode()).hexdigest(), **values}
+
+    def _select(self, table: str, filters: dict[str, str | None], *, order: str) -> list[dict]:
+        given = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} = ?" for column in given)
+        sql = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + f" ORDER BY {order}"
+        return [_decoded(row) for row in self._conn.execute(sql, tuple(given.values()))]
+
+
+def _insert_sql(table: str, values: dict[str, Any], *, skip_existing: bool = False) -> str:
+    # ON CONFLICT DO NOTHING skips only key clashes; INSERT OR IGNORE would also hide CHECK violations.
+    sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
+    return sql + " ON CONFLICT DO NOTHING" if skip_existing else sql
+
+
+def _check_filter(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise ResultsStoreError(f"{name}={value!r}; allowed: {', '.join(allowed)}")
