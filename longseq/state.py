@@ -18,19 +18,25 @@ from torch import Tensor
 class State:
     """Base of every mixer state: a dataclass whose tensors have batch in dim 0.
 
-    Fields may be tensors, nested ``State``s (a KV cache) or plain Python values (carried through unchanged).
+    Fields may be tensors, nested ``State``s (a KV cache), lists of states (a backbone's layers) or plain Python
+    values (carried through unchanged).
     ``num_floats`` counts the floating-point numbers *per sequence* in the logical content of the state, so a
     preallocated buffer counts only its filled part (see ``logical_tensors``).
     """
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> Self:
+        def apply(value: object) -> object:
+            if isinstance(value, Tensor):
+                return fn(value)
+            if isinstance(value, State):
+                return value._map(fn)
+            if isinstance(value, list):
+                return [apply(v) for v in value]
+            return value
+
         new = copy.copy(self)
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                setattr(new, f.name, fn(value))
-            elif isinstance(value, State):
-                setattr(new, f.name, value._map(fn))
+            setattr(new, f.name, apply(getattr(self, f.name)))
         return new
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
@@ -54,10 +60,11 @@ class State:
         """The tensors that hold the state's content. Preallocated caches override this to yield filled views."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                yield value
-            elif isinstance(value, State):
-                yield from value.logical_tensors()
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, Tensor):
+                    yield item
+                elif isinstance(item, State):
+                    yield from item.logical_tensors()
 
     def num_floats(self) -> int:
         """Floating-point numbers per sequence (complex counts as two)."""

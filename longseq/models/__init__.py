@@ -1,0 +1,11 @@
+"""Models: blocks, backbones built from a layer pattern, and heads (LM, classifier, encoder-decoder)."""
+
+from longseq.models.backbone import Backbone
+from longseq.models.block import Block
+from longseq.models.classifier import SequenceClassifier
+from longseq.models.config import ModelConfig, parse_layer_pattern
+from longseq.models.encdec import EncoderDecoder
+from longseq.models.lm import CausalLM, LMOutput
+
+__all__ = ["Backbone", "Block", "CausalLM", "EncoderDecoder", "LMOutput", "ModelConfig", "SequenceClassifier",
+           "parse_layer_pattern"]
