@@ -1,0 +1,688 @@
+"""The training loop: AdamW + warmup/cosine + clipping, periodic evaluation, early stop, exact resume.
+
+Reproducibility rests on two rules:
+
+- **Data is a function of (seed, step).** The batch of update ``s`` holds the examples at stream positions
+  ``[s * B, (s + 1) * B)`` of an endless stream that walks, epoch after epoch, through a permutation of the
+  training examples seeded by ``(seed, epoch)``. There is no data-loader state to save.
+- **Everything else is in the checkpoint**: weights, optimizer and scheduler state, and the python/numpy/
+  torch RNG states between two updates. Evaluations run with the RNG state saved and restored around them,
+  so how often one evaluates never changes the training trajectory.
+
+So a run interrupted after a checkpoint and resumed gives weights bit-identical to an uninterrupted run (same
+device and thread count, and deterministic kernels), with or without dropout.
+
+Output layout under ``config.out_dir``: ``metrics.jsonl`` (one JSON object per line, ``"kind": "train"`` or
+``"eval"``) and ``checkpoints/step-XXXXXXXX/`` (see ``longseq.train.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from longseq.tasks.base import Task
+from longseq.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    preserved_rng_state,
+    read_checkpoint_state,
+    save_checkpoint,
+)
+from longseq.train.config import TRAJECTORY_FIELDS, TrainConfig
+from longseq.train.schedule import warmup_cosine_scheduler
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+_CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
+RUN_INFO_KEYS = ("mixer", "config", "state_floats", "suite", "cell_key")
+_MODEL_OUTPUT_FIELDS = ("loss", "predictions", "targets", "example_index")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class ResultsStoreLike(Protocol):
+    """The two methods of ``longseq.results.store.ResultsStore`` the trainer calls."""
+
+    def start_run(
+        self,
+        *,
+        kind: str,
+        task: str,
+        mixer: str,
+        config: dict,
+        n_params: int,
+        provenance: dict,
+        state_floats: int | None = None,
+        suite: str | None = None,
+        cell_key: str | None = None,
+        run_id: str | None = None,
+    ) -> str: ...
+
+    def finish_run(
+        self, run_id: str, *, status: str, metrics: dict, wall_time_s: float, tokens_per_s: float, steps: int
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished ``Trainer.train`` call reports.
+
+    ``metrics``: the final evaluation on the whole test split (``{<task metric>: value, "loss": value}``);
+    ``best_metric``: the best value of the task metric over all evaluations of the run; ``wall_time_s``: wall
+    time of all training sessions of the run (up to the last checkpoint for resumed runs), evaluation
+    included; ``tokens_per_s``: input tokens per second of training-step time (evaluation excluded);
+    ``checkpoint``: the final checkpoint directory (None without ``out_dir``).
+    """
+
+    run_id: str | None
+    steps: int
+    metrics: dict[str, float]
+    best_metric: float | None
+    wall_time_s: float
+    tokens_per_s: float
+    stopped_early: bool
+    checkpoint: Path | None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data order
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(num_examples)
+    order.flags.writeable = False  # shared through the cache
+    return order
+
+
+def batch_indices(*, seed: int, step: int, batch_size: int, num_examples: int) -> np.ndarray:
+    """Training example indices ``(batch_size,)`` of update ``step``: a pure function of its arguments.
+
+    Positions ``[step * batch_size, (step + 1) * batch_size)`` of the stream formed by concatenating, for
+    epoch = 0, 1, ..., a permutation of ``range(num_examples)`` seeded by ``(seed, epoch)``; a batch may
+    straddle an epoch boundary (and span several epochs when ``batch_size > num_examples``).
+    """
+    if num_examples < 1:
+        raise ValueError(f"num_examples={num_examples}: the training split must hold at least one example")
+    parts = []
+    position = step * batch_size
+    end = position + batch_size
+    while position < end:
+        epoch, offset = divmod(position, num_examples)
+        take = min(end - position, num_examples - offset)
+        parts.append(_epoch_permutation(seed, epoch, num_examples)[offset : offset + take])
+        position += take
+    return np.concatenate(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only.
+
+    No decay on parameters with fewer than 2 dimensions (biases, norm scales, per-channel scalars such as
+    Mamba's ``D``), on ``nn.Embedding`` weights (decay would pull rare tokens' rows to zero), or on any
+    parameter marked ``param._no_weight_decay = True`` (e.g. SSM ``A_log``/``dt`` parameters). A weight tied to
+    an embedding counts as the embedding. Frozen parameters are left out; empty groups are omitted.
+    """
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for parameter in model.parameters():  # deduplicated, so a tied weight appears once
+        if not parameter.requires_grad:
+            continue
+        exempt = (
+            parameter.dim() < 2 or id(parameter) in embedding_weights or getattr(parameter, "_no_weight_decay", False)
+        )
+        (no_decay if exempt else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    return groups
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameter elements (a tied weight counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output directory helpers
+
+
+def checkpoint_dirs(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (their ``state.json`` exists) under ``out_dir/checkpoints``, oldest first."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and (child / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The most recent complete checkpoint under ``out_dir``, or None."""
+    found = checkpoint_dirs(out_dir)
+    return found[-1][1] if found else None
+
+
+def _truncate_metrics_log(path: Path, step: int) -> None:
+    """Keep only the lines of steps <= ``step``: what an uninterrupted run would have logged by then.
+
+    Lines after the resumed checkpoint were written by the interrupted session and will be written again;
+    an unparseable line can only be a write cut short by the interruption, and is dropped too.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", math.inf) <= step:
+            kept.append(line)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    partial.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+@dataclass
+class _Progress:
+    """The run's counters; saved in every checkpoint's ``extra``."""
+
+    run_id: str | None = None
+    step: int = 0
+    tokens: int = 0
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0  # of earlier sessions, up to their last checkpoint
+    best_metric: float | None = None
+    last_eval: dict[str, float] | None = None
+    last_train_loss: float | None = None
+    stopped_early: bool = False
+    final_metrics: dict[str, float] | None = None
+
+
+class _Window:
+    """Sums of the training loss and gradient norm since the last log line, kept on the device.
+
+    Accumulating on the device and reading once per log line avoids a host-device sync every step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.loss += loss
+        self.grad_norm += grad_norm
+        self.steps += 1
+
+    def pop(self) -> tuple[float, float, int]:
+        """(mean loss, mean gradient norm, steps) of the window, which then starts afresh."""
+        means = (self.loss.item() / self.steps, self.grad_norm.item() / self.steps, self.steps)
+        self.loss.zero_()
+        self.grad_norm.zero_()
+        self.steps = 0
+        return means
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` under ``config``; optionally records the run in a results store.
+
+    model: called as ``out = model(inputs, labels=labels)`` with ``inputs, labels: (B, L) int64``; ``out`` has
+    ``loss`` (scalar mean cross-entropy over supervised positions), and ``predictions``, ``targets``,
+    ``example_index``: ``(N,)`` over the supervised positions. The model stays on its device; batches are
+    moved there.
+
+    run_info (for the store): ``mixer`` (required with a store), ``config`` (model config, merged into the
+    stored config beside ``"train"``), ``state_floats``, ``suite``, ``cell_key``. ``command`` goes into the
+    provenance (default: this process's command line). ``progress=False`` disables the progress bar.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        config: TrainConfig,
+        *,
+        store: ResultsStoreLike | None = None,
+        run_info: dict[str, Any] | None = None,
+        command: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        run_info = dict(run_info or {})
+        unknown = sorted(set(run_info) - set(RUN_INFO_KEYS))
+        if unknown:
+            raise ValueError(f"run_info has unknown keys {unknown}; allowed: {', '.join(RUN_INFO_KEYS)}")
+        if store is not None and not isinstance(run_info.get("mixer"), str):
+            raise ValueError(
+                f"run_info['mixer'] must name the mixer (a str) when a store is given, got {run_info.get('mixer')!r}"
+            )
+        self.model = model
+        self.task = task
+        self.config = config
+        self.store = store
+        self.run_info = run_info
+        self.command = command
+        self.progress = progress
+        first = next(iter(model.parameters()), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.dtype = first.dtype if first is not None else torch.float32
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, config.weight_decay),
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.adam_eps,
+        )
+        self.scheduler = warmup_cosine_scheduler(
+            self.optimizer,
+            warmup_steps=config.warmup_steps,
+            total_steps=config.steps,
+            min_lr_ratio=config.min_lr_ratio,
+        )
+        self._trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._state = _Progress()
+
+    # ----- public -----
+
+    def train(self, resume: bool = False) -> TrainResult:
+        """Train to ``config.steps`` (or the target metric), evaluate, checkpoint; return the result.
+
+        ``resume=True`` continues from the latest checkpoint in ``out_dir`` (and the same store run_id);
+        resuming a finished run returns its result without training. A fresh run refuses an ``out_dir``
+        that already holds checkpoints. On an exception the store row is closed as ``"interrupted"``
+        (KeyboardInterrupt) or ``"failed"`` and the exception propagates; resume from the last checkpoint.
+        """
+        with self._threads():
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> TrainResult:
+        session_start = time.perf_counter()
+        if resume:
+            self._restore_latest()
+            if self._state.final_metrics is not None:
+                return self._result(self._state.wall_time_s)
+        else:
+            self._start_fresh()
+        self._start_store_run()
+        try:
+            self._run_loop(session_start)
+            final = self._finish(session_start)
+        except KeyboardInterrupt:
+            self._close_store_run("interrupted", session_start)
+            raise
+        except Exception:
+            self._close_store_run("failed", session_start)
+            raise
+        self._close_store_run("completed", session_start)
+        return final
+
+    def evaluate(self, split: str = "test", num_examples: int | None = None) -> dict[str, float]:
+        """``{<task metric>: mean per-example metric, "loss": mean loss per supervised position}``.
+
+        Runs on examples ``0 .. num_examples - 1`` of ``split`` (None = all) in ``model.eval()`` under
+        ``torch.no_grad()``, restoring the model's mode and the global RNG states afterwards.
+        """
+        with self._threads():
+            return self._evaluate(split, num_examples)
+
+    def _evaluate(self, split: str, num_examples: int | None) -> dict[str, float]:
+        available = self.task.num_examples(split)
+        count = available if num_examples is None else num_examples
+        if not 1 <= count <= available:
+            raise ValueError(f"num_examples={num_examples} for split {split!r}: allowed 1..{available}")
+        batch_size = self.config.effective_eval_batch_size
+        was_training = self.model.training
+        self.model.eval()
+        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        supervised = 0
+        try:
+            with torch.no_grad(), preserved_rng_state():
+                for start in range(0, count, batch_size):
+                    indices = np.arange(start, min(count, start + batch_size))
+                    out = self._forward(*self.task.batch(split, indices))
+                    scores = self.task.score(out.predictions, out.targets, out.example_index, len(indices))
+                    metric_sum += torch.as_tensor(scores).to(device=self.device, dtype=torch.float64).sum()
+                    loss_sum += out.loss.detach().double() * out.targets.numel()
+                    supervised += out.targets.numel()
+        finally:
+            self.model.train(was_training)
+        return {
+            self.task.metric_name: metric_sum.item() / count,
+            "loss": loss_sum.item() / supervised if supervised else math.nan,
+        }
+
+    # ----- setup -----
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """``torch.set_num_threads(config.threads)`` for the block, then torch's previous setting again."""
+        previous = torch.get_num_threads()
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _start_fresh(self) -> None:
+        out_dir = self.config.out_dir
+        if out_dir is not None:
+            existing = latest_checkpoint(out_dir)
+            if existing is not None:
+                raise ValueError(
+                    f"out_dir={str(out_dir)!r} already holds a checkpoint ({existing.name}); pass resume=True to "
+                    "continue that run, or choose another out_dir"
+                )
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / METRICS_FILE).write_text("", encoding="utf-8")
+        seed = self.config.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self._state = _Progress()
+
+    def _restore_latest(self) -> None:
+        if self.config.out_dir is None:
+            raise ValueError("resume=True needs config.out_dir (where the checkpoints are)")
+        directory = latest_checkpoint(self.config.out_dir)
+        if directory is None:
+            raise CheckpointError(f"no checkpoint at {Path(self.config.out_dir) / CHECKPOINTS_DIR}")
+        saved = read_checkpoint_state(directory)
+        self._check_resumable(directory, saved["config"])
+        load_checkpoint(directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        progress = saved["extra"].get("progress")
+        if not isinstance(progress, dict):
+            raise CheckpointError(f"{directory}: not a trainer checkpoint (no extra.progress in state.json)")
+        self._state = _Progress(**progress)
+        _truncate_metrics_log(Path(self.config.out_dir) / METRICS_FILE, self._state.step)
+
+    def _checkpoint_config(self) -> dict[str, Any]:
+        return {"train": self.config.to_json_dict(), "task": self.task.describe(), "run_info": self.run_info}
+
+    def _check_resumable(self, directory: Path, saved: dict[str, Any]) -> None:
+        """An exact resume needs the same task and the same trajectory-shaping training fields."""
+        current = self._checkpoint_config()
+        problems = [
+            f"{field}: checkpoint {saved['train'].get(field)!r}, now {current['train'][field]!r}"
+            for field in TRAJECTORY_FIELDS
+            if saved.get("train", {}).get(field) != current["train"][field]
+        ]
+        if saved.get("task") != current["task"]:
+            problems.append(f"task: checkpoint {saved.get('task')!r}, now {current['task']!r}")
+        if problems:
+            raise CheckpointError(f"{directory}: cannot resume exactly with a different setup: " + "; ".join(problems))
+
+    # ----- results store -----
+
+    def _start_store_run(self) -> None:
+        if self.store is None:
+            return
+        from longseq.results.provenance import collect_provenance
+
+        self._state.run_id = self.store.start_run(
+            kind="train",
+            task=self.task.name,
+            mixer=self.run_info["mixer"],
+            config={"train": self.config.to_json_dict(), **self.run_info.get("config", {})},
+            n_params=count_parameters(self.model),
+            provenance=collect_provenance(command=self.command, dtype=str(self.dtype).removeprefix("torch.")),
+            state_floats=self.run_info.get("state_floats"),
+            suite=self.run_info.get("suite"),
+            cell_key=self.run_info.get("cell_key"),
+            run_id=self._state.run_id,
+        )
+
+    def _close_store_run(self, status: str, session_start: float) -> None:
+        if self.store is None or self._state.run_id is None:
+            return
+        state = self._state
+        metrics = dict(state.final_metrics or state.last_eval or {})
+        metrics.update(
+            best_metric=state.best_metric,
+            train_loss=state.last_train_loss,
+            stopped_early=state.stopped_early,
+        )
+        self.store.finish_run(
+            state.run_id,
+            status=status,
+            metrics=metrics,
+            wall_time_s=state.wall_time_s + (time.perf_counter() - session_start),
+            tokens_per_s=self._tokens_per_s(),
+            steps=state.step,
+        )
+
+    # ----- the loop -----
+
+    def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
+        out = self.model(inputs.to(self.device, non_blocking=True), labels=labels.to(self.device, non_blocking=True))
+        missing = [name for name in _MODEL_OUTPUT_FIELDS if not hasattr(out, name)]
+        if missing:
+            raise TypeError(
+                f"{type(self.model).__name__}(inputs, labels=labels) returned {type(out).__name__} without "
+                f"{missing}; the trainer needs {', '.join(_MODEL_OUTPUT_FIELDS)}"
+            )
+        return out
+
+    def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One update; returns the (device) loss and gradient norm before clipping, and the input token count."""
+        config = self.config
+        indices = batch_indices(
+            seed=config.seed,
+            step=step,
+            batch_size=config.batch_size,
+            num_examples=self.task.num_examples("train"),
+        )
+        inputs, labels = self.task.batch("train", indices)
+        self.model.train()
+        out = self._forward(inputs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if config.grad_clip is not None:
+            grad_norm = nn.utils.clip_grad_norm_(self._trainable, config.grad_clip)
+        else:
+            grads = [p.grad.detach() for p in self._trainable if p.grad is not None]
+            norms = [torch.linalg.vector_norm(g) for g in grads] or [torch.zeros((), device=self.device)]
+            grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+        self.optimizer.step()
+        self.scheduler.step()
+        return out.loss.detach(), grad_norm.detach(), inputs.numel()
+
+    def _run_loop(self, session_start: float) -> None:
+        config, state = self.config, self._state
+        window = _Window(self.device)
+        with self._progress_bar() as bar:
+            bar_task = bar.add_task(self.task.name, total=config.steps, completed=state.step, **self._bar_fields())
+            while state.step < config.steps and not state.stopped_early:
+                started = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, grad_norm, tokens = self._train_step(state.step)
+                state.step += 1
+                state.tokens += tokens
+                window.add(loss, grad_norm)
+                final = state.step == config.steps
+                checkpoint_now = config.checkpoint_every is not None and state.step % config.checkpoint_every == 0
+                # Logging at every checkpoint too makes a resumed run's log windows those of an uninterrupted run.
+                log_now = state.step % config.log_every == 0 or final or checkpoint_now
+                # .item() waits for the device, so the timed span includes the step's queued kernels.
+                means = window.pop() if log_now else None
+                state.train_time_s += time.perf_counter() - started
+                if means is not None:
+                    self._log_train(lr, *means, session_start)
+                if state.step % config.eval_every == 0 and not final:
+                    self._periodic_eval(session_start)
+                if checkpoint_now and not final and not state.stopped_early:
+                    self._save(session_start)
+                bar.update(bar_task, completed=state.step, **self._bar_fields())
+
+    def _log_train(self, lr: float, loss: float, grad_norm: float, steps: int, session_start: float) -> None:
+        state = self._state
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss is {loss} over steps {state.step - steps + 1}..{state.step} (lr {lr:.3g}); "
+                "lower lr or set grad_clip"
+            )
+        state.last_train_loss = loss
+        self._log(
+            kind="train",
+            step=state.step,
+            lr=lr,
+            loss=loss,
+            grad_norm=grad_norm,
+            tokens_per_s=self._tokens_per_s(),
+            elapsed_s=self._elapsed(session_start),
+        )
+
+    def _periodic_eval(self, session_start: float) -> None:
+        config, state = self.config, self._state
+        metrics = self.evaluate("test", config.eval_examples)
+        self._record_eval(metrics, session_start, examples=config.eval_examples)
+        value = metrics[self.task.metric_name]
+        if config.target_metric is not None and self._reaches(value, config.target_metric):
+            state.stopped_early = True
+
+    def _finish(self, session_start: float) -> TrainResult:
+        """Final evaluation on the whole test split, final checkpoint, result."""
+        state = self._state
+        reusable = (
+            self.config.eval_examples is None
+            and state.last_eval is not None
+            and state.last_eval.get("step") == state.step
+        )
+        if reusable:
+            metrics = {k: v for k, v in state.last_eval.items() if k != "step"}
+        else:
+            metrics = self.evaluate("test")
+            self._record_eval(metrics, session_start, examples=None)
+        state.final_metrics = metrics
+        checkpoint = self._save(session_start) if self.config.out_dir is not None else None
+        return self._result(state.wall_time_s + (time.perf_counter() - session_start), checkpoint)
+
+    def _record_eval(self, metrics: dict[str, float], session_start: float, *, examples: int | None) -> None:
+        state = self._state
+        value = metrics[self.task.metric_name]
+        if state.best_metric is None or (
+            value > state.best_metric if self.task.higher_is_better else value < state.best_metric
+        ):
+            state.best_metric = value
+        state.last_eval = {"step": state.step, **metrics}
+        self._log(
+            kind="eval",
+            step=state.step,
+            split="test",
+            examples=examples if examples is not None else self.task.num_examples("test"),
+            **{self.task.metric_name: value, "eval_loss": metrics["loss"]},
+            elapsed_s=self._elapsed(session_start),
+        )
+
+    def _reaches(self, value: float, target: float) -> bool:
+        return value >= target if self.task.higher_is_better else value <= target
+
+    # ----- output -----
+
+    def _save(self, session_start: float) -> Path:
+        """Checkpoint the current state as ``checkpoints/step-<step>`` and prune old checkpoints."""
+        state = self._state
+        out_dir = Path(self.config.out_dir)
+        extra_progress = asdict(state)
+        # Wall time so far, so that a resumed run reports the time of all its sessions.
+        extra_progress["wall_time_s"] = state.wall_time_s + (time.perf_counter() - session_start)
+        directory = save_checkpoint(
+            out_dir / CHECKPOINTS_DIR / f"step-{state.step:08d}",
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=state.step,
+            config=self._checkpoint_config(),
+            extra={"progress": extra_progress},
+        )
+        keep = self.config.keep_checkpoints
+        if keep is not None:
+            for _, old in checkpoint_dirs(out_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    def _log(self, **record: Any) -> None:
+        if self.config.out_dir is None:
+            return
+        with open(Path(self.config.out_dir) / METRICS_FILE, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def _tokens_per_s(self) -> float:
+        state = self._state
+        return state.tokens / state.train_time_s if state.train_time_s > 0 else 0.0
+
+    def _elapsed(self, session_start: float) -> float:
+        return self._state.wall_time_s + (time.perf_counter() - session_start)
+
+    def _result(self, wall_time_s: float, checkpoint: Path | None = None) -> TrainResult:
+        state = self._state
+        if checkpoint is None and self.config.out_dir is not None:
+            checkpoint = latest_checkpoint(self.config.out_dir)
+        return TrainResult(
+            run_id=state.run_id,
+            steps=state.step,
+            metrics=dict(state.final_metrics or {}),
+            best_metric=state.best_metric,
+            wall_time_s=wall_time_s,
+            tokens_per_s=self._tokens_per_s(),
+            stopped_early=state.stopped_early,
+            checkpoint=checkpoint,
+        )
+
+    def _progress_bar(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[metric]}"),
+            TextColumn("{task.fields[speed]} tok/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not self.progress,
+        )
+
+    def _bar_fields(self) -> dict[str, str]:
+        state = self._state
+        metric = "-" if state.last_eval is None else f"{state.last_eval[self.task.metric_name]:.4g}"
+        return {
+            "loss": "-" if state.last_train_loss is None else f"{state.last_train_loss:.4f}",
+            "metric": f"{self.task.metric_name} {metric}",
+            "speed": f"{self._tokens_per_s():,.0f}",
+        }
