@@ -1,0 +1,251 @@
+"""The speed bench: spec parsing, option checks, peak-memory tracking, a real tiny run, and isolation — points that
+raise, abort, exhaust memory, are predicted to exceed it, or hang are recorded with their status while the other
+points still run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import longseq.bench.memory as memory
+from longseq.bench.isolate import PointJob, import_extension, measure_point, median_and_iqr, time_calls
+from longseq.bench.memory import track_peak_memory
+from longseq.bench.speed import (
+    ROW_KEYS,
+    MixerSpec,
+    SpeedBenchError,
+    parse_mixer_spec,
+    run_speed_bench,
+    write_rows_csv,
+    write_rows_json,
+)
+from longseq.mixers.base import _REGISTRY
+from longseq.results.store import ResultsStore
+
+FAULTY = Path(__file__).with_name("bench_faulty_mixers.py")
+MiB = 2**20
+# Tiny points: one thread (two threads on a shared 2-core machine wait on each other), few repeats.
+TINY = dict(d_model=16, threads=1, repeats=2, min_time=0.0, warmup=1)
+
+
+@pytest.fixture
+def faulty():
+    """The path of the test-only mixers; unregisters them afterwards so that no other test sees them."""
+    yield str(FAULTY)
+    _REGISTRY.pop("bench_faulty", None)
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == FAULTY.resolve():
+            del sys.modules[name]
+
+
+def statuses(rows: list[dict], label: str) -> list[tuple[int, str]]:
+    return [(r["seq_len"], r["status"]) for r in rows if r["label"] == label]
+
+
+# ----- specs and options -----
+
+
+def test_mixer_spec_parses_hypers_and_keeps_the_text_as_label():
+    assert parse_mixer_spec("attention") == MixerSpec("attention", "attention", {})
+    spec = parse_mixer_spec(" attention[impl=math, n_heads=8, rope=false] ")
+    assert spec == MixerSpec("attention[impl=math, n_heads=8, rope=false]", "attention",
+                             {"impl": "math", "n_heads": 8, "rope": False})
+    assert parse_mixer_spec("attention[rope_base=1e4]").hypers == {"rope_base": 10000.0}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("attention[impl=math", "malformed"),
+        ("attention[impl]", "'impl' is not key=value"),
+        ("attention[impl=math,impl=sdpa]", "given twice"),
+        ("attention[pattern=causal_self]", "set by the bench's patterns option"),
+        ("atention", "unknown mixer 'atention'.*did you mean 'attention'"),
+        ("attention[heads=8]", "no hyper 'heads'.*did you mean 'n_heads'"),
+        ("attention[impl=flash]", "impl='flash' is invalid"),
+    ],
+)
+def test_bad_mixer_specs_fail_clearly(spec, message):
+    with pytest.raises(SpeedBenchError, match=message):
+        parse_mixer_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(modes=["forward"]), "modes=.*allowed: a non-empty list of fwd, fwdbwd, prefill, decode"),
+        (dict(lengths=[64, 0]), "lengths entry=0 must be a positive integer"),
+        (dict(lengths=[]), "lengths=.*non-empty"),
+        (dict(dtype="float8"), "dtype='float8'; allowed: float32"),
+        (dict(patterns=["causal"]), "pattern='causal' is not a pattern"),
+        (dict(device="tpu"), "device='tpu'"),
+        (dict(repeats=0), "repeats=0 must be a positive integer"),
+        (dict(timeout=-1), "timeout=-1"),
+        (dict(hypers={"mamba": {"d_state": 4}}), "hypers given for 'mamba', which no mixer spec names"),
+        (dict(imports=["no_such_module_xyz"]), "imports: cannot import 'no_such_module_xyz'"),
+    ],
+)
+def test_bad_options_fail_before_anything_runs(options, message):
+    with pytest.raises(SpeedBenchError, match=message):
+        run_speed_bench(["attention"], **{"lengths": [32], **options})
+
+
+def test_hypers_that_cannot_be_combined_fail_before_anything_runs():
+    with pytest.raises(SpeedBenchError, match="not divisible by n_heads=3"):
+        run_speed_bench(["attention[n_heads=3]"], lengths=[32], d_model=16)
+
+
+def test_duplicate_labels_are_refused():
+    with pytest.raises(SpeedBenchError, match="more than once"):
+        run_speed_bench(["attention", "attention"], lengths=[32])
+
+
+# ----- measurement helpers -----
+
+
+def test_time_calls_reaches_both_the_count_and_the_time():
+    assert len(time_calls(lambda: None, repeats=7, min_time=0.0, sync=lambda: None)) == 7
+    started = time.perf_counter()
+    times = time_calls(lambda: time.sleep(0.01), repeats=1, min_time=0.1, sync=lambda: None)
+    assert time.perf_counter() - started >= 0.1 and len(times) >= 5
+    assert len(time_calls(lambda: None, repeats=1, min_time=60.0, sync=lambda: None, max_calls=3)) == 3
+
+
+def test_median_and_iqr():
+    assert median_and_iqr([3.0]) == (3.0, 0.0)
+    assert median_and_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0)
+
+
+def test_peak_memory_of_a_region_is_measured_above_its_start():
+    ballast = torch.ones(32 * MiB // 4)  # resident before the region: must not count
+    with track_peak_memory("cpu") as mem:
+        block = torch.ones(64 * MiB // 4)
+        del block
+    assert mem.method == "clear_refs" and mem.note is None
+    assert 60 * MiB <= mem.peak_bytes <= 72 * MiB
+    assert mem.baseline_bytes > ballast.numel() * 4
+
+
+def test_peak_memory_falls_back_to_sampling_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
+    with track_peak_memory("cpu") as mem:
+        block = torch.ones(64 * MiB // 4)
+        time.sleep(0.05)  # hold it long enough for the sampler to see it
+        del block
+    assert mem.method == "sampling" and "not writable" in mem.note
+    assert 60 * MiB <= mem.peak_bytes <= 80 * MiB
+
+
+def test_peak_memory_is_filled_in_when_the_region_raises():
+    with pytest.raises(RuntimeError, match="inside"), track_peak_memory("cpu") as mem:
+        raise RuntimeError("inside")
+    assert mem.peak_bytes is not None
+
+
+def test_measure_point_turns_an_exception_into_a_crashed_result(faulty):
+    import_extension(faulty)
+    job = PointJob(mixer="bench_faulty", hypers={"fault": "raise", "at": 4}, pattern="causal_self", mode="fwd",
+                   d_model=8, batch=1, dtype="float32", device="cpu", repeats=1, min_time=0.0)
+    result = measure_point(job, 8)
+    assert result["status"] == "crashed" and "deliberate failure at L=8" in result["error"]
+
+
+# ----- real runs -----
+
+
+def test_tiny_attention_run_records_ok_points(tmp_path):
+    seen = []
+    rows = run_speed_bench(
+        ["attention[n_heads=2]"], lengths=[64, 32], modes=["fwd", "decode"], store=tmp_path / "results.db",
+        command="pytest tiny", on_row=seen.append, **TINY,
+    )
+    assert [(r["mode"], r["seq_len"], r["status"]) for r in rows] == [
+        ("fwd", 32, "ok"), ("fwd", 64, "ok"), ("decode", 32, "ok"), ("decode", 64, "ok")]
+    assert seen == rows
+    for row in rows:
+        assert set(row) == set(ROW_KEYS)
+        assert row["median_s"] > 0 and row["iqr_s"] >= 0 and row["repeats"] >= 2
+        assert isinstance(row["peak_mem_bytes"], int) and row["peak_mem_bytes"] >= 0
+        assert row["provenance"]["threads"] == 1 and row["provenance"]["command"] == "pytest tiny"
+        tokens = row["batch"] * (1 if row["mode"] == "decode" else row["seq_len"])
+        assert row["tokens_per_s"] == pytest.approx(tokens / row["median_s"])
+        # attention's state after L tokens: K and V, d_model floats each per token.
+        assert row["state_floats"] == (2 * 16 * row["seq_len"] if row["mode"] == "decode" else None)
+    with ResultsStore(tmp_path / "results.db") as store:
+        stored = store.speed_points(bench_id=rows[0]["bench_id"])
+    assert [(r["mode"], r["seq_len"], r["status"], r["median_s"]) for r in stored] == [
+        (r["mode"], r["seq_len"], r["status"], r["median_s"]) for r in rows]
+
+
+def test_modes_and_patterns_without_a_form_are_not_run():
+    rows = run_speed_bench(["attention[n_heads=2]"], patterns=["noncausal_self"], lengths=[32],
+                           modes=["fwd", "prefill", "decode"], **TINY)
+    assert [(r["pattern"], r["mode"], r["status"]) for r in rows] == [("noncausal_self", "fwd", "ok")]
+
+
+def test_crashing_points_are_recorded_and_the_rest_go_on(faulty):
+    raising, aborting = "bench_faulty[fault=raise,at=64]", "bench_faulty[fault=abort,at=64]"
+    rows = run_speed_bench([raising, aborting], lengths=[32, 64, 128], modes=["fwd"], imports=[faulty], **TINY)
+    # A raised exception leaves the child alive; an abort kills it and a fresh child measures the longer length.
+    assert statuses(rows, raising) == [(32, "ok"), (64, "crashed"), (128, "crashed")]
+    assert statuses(rows, aborting) == [(32, "ok"), (64, "crashed"), (128, "ok")]
+    by_point = {(r["label"], r["seq_len"]): r for r in rows}
+    assert "RuntimeError: bench_faulty: deliberate failure at L=64" in by_point[(raising, 64)]["error"]
+    assert "SIGABRT" in by_point[(aborting, 64)]["error"]
+    assert by_point[(aborting, 64)]["median_s"] is None
+
+
+def test_memory_limits_kill_or_skip_points(faulty):
+    hog, quadratic = "bench_faulty[fault=hog,at=64]", "bench_faulty[fault=quadratic]"
+    rows = run_speed_bench([hog, quadratic], lengths=[32, 64, 128, 256], modes=["fwd"], imports=[faulty],
+                           max_memory=2**30, **TINY)
+    assert statuses(rows, hog) == [(32, "ok"), (64, "killed"), (128, "skipped"), (256, "skipped")]
+    assert statuses(rows, quadratic) == [(32, "ok"), (64, "ok"), (128, "ok"), (256, "skipped")]
+    by_point = {(r["label"], r["seq_len"]): r for r in rows}
+    assert "memory watchdog" in by_point[(hog, 64)]["error"]
+    assert "L=64" in by_point[(hog, 128)]["error"] and "'killed'" in by_point[(hog, 128)]["error"]
+    # The quadratic mixer holds 16 MiB * (L/32)^2: measured, then extrapolated to 1 GiB at L=256.
+    for length in (32, 64, 128):
+        assert by_point[(quadratic, length)]["peak_mem_bytes"] == pytest.approx(16 * MiB * (length / 32) ** 2,
+                                                                               rel=0.15)
+    skipped = by_point[(quadratic, 256)]["error"]
+    assert re.search(r"predicted peak memory (1\.0\d GiB|10[0-4]\d\.\d MiB)", skipped), skipped
+    assert "exponent 2.0" in skipped and "exceeds max_memory 1.00 GiB" in skipped
+
+
+def test_a_point_past_its_timeout_is_recorded_as_timeout(faulty):
+    sleeper = "bench_faulty[fault=sleep,at=64]"
+    rows = run_speed_bench([sleeper], lengths=[32, 64, 128], modes=["fwd"], imports=[faulty], timeout=3.0, **TINY)
+    assert statuses(rows, sleeper) == [(32, "ok"), (64, "timeout"), (128, "skipped")]
+    assert "timeout of 3 s" in rows[1]["error"]
+
+
+# ----- export -----
+
+
+def _row(**changes) -> dict:
+    row = {key: None for key in ROW_KEYS}
+    row.update(bench_id="b", label="attention[impl=math]", mixer="attention", hypers={"impl": "math"},
+               pattern="causal_self", mode="fwd", seq_len=64, batch=1, d_model=16, dtype="float32", device="cpu",
+               status="ok", median_s=0.5, repeats=3, provenance={"git_commit": "abc"})
+    row.update(changes)
+    return row
+
+
+def test_rows_export_as_json_and_csv(tmp_path):
+    rows = [_row(), _row(seq_len=128, status="skipped", median_s=None, error="predicted, too big")]
+    write_rows_json(rows, tmp_path / "out" / "rows.json")
+    assert json.loads((tmp_path / "out" / "rows.json").read_text()) == rows
+    write_rows_csv([*rows, {**_row(), "id": 7}], tmp_path / "rows.csv")
+    with (tmp_path / "rows.csv").open() as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == [*ROW_KEYS, "id"]
+    assert json.loads(read[0]["hypers"]) == {"impl": "math"} and read[0]["median_s"] == "0.5"
+    assert read[1]["status"] == "skipped" and read[1]["median_s"] == "" and read[2]["id"] == "7"
