@@ -13,6 +13,7 @@ import pydantic
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="longseq: sub-quadratic token mixers, tasks, training and benchmarks.",
@@ -61,6 +62,31 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
             raise ValueError(f"{what} {item!r} must look like KEY=VALUE")
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+bench_app = typer.Typer(help="Benchmarks: speed & memory, quality grids.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def split_specs(text: str) -> list[str]:
+    """"attention,attention[impl=math,n_heads=8]" -> the two specs (commas inside brackets do not split)."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    items.append(current.strip())
+    return [i for i in items if i]
+
+
+def int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in split_specs(text)]
+    except ValueError:
+        raise ValueError(f"{what}={text!r} must be a comma-separated list of integers") from None
 
 
 @app.command("list")
@@ -181,6 +207,107 @@ def demo(
     table.add_row("attention", f"{result.metrics['accuracy']:.4f}", str(result.steps), f"{result.wall_time_s:.1f}",
                   f"{result.tokens_per_s:,.0f}")
     console.print(table)
+
+
+@bench_app.command("speed")
+@cli_errors
+def bench_speed(
+    mixers: Annotated[str, typer.Option(help="Mixer specs, e.g. attention,attention[impl=math].")] = (
+        "attention,attention[impl=math]"),
+    patterns: Annotated[str, typer.Option(help="Patterns, comma-separated.")] = "causal_self",
+    lengths: Annotated[str, typer.Option(help="Sequence lengths (decode: context lengths).")] = "1024,2048,4096,8192",
+    modes: Annotated[str, typer.Option(help="fwd, fwdbwd, prefill, decode.")] = "fwd,fwdbwd,prefill,decode",
+    d_model: Annotated[int, typer.Option(help="Model width.")] = 256,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16, float64.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch threads in each child.")] = None,
+    repeats: Annotated[int, typer.Option(help="Minimum timed repeats per point.")] = 5,
+    min_time: Annotated[float, typer.Option(help="Minimum timed seconds per point.")] = 0.5,
+    max_memory: Annotated[str | None, typer.Option(help="Memory limit per child, e.g. 8GB (default: half of RAM).")] = (
+        None),
+    timeout: Annotated[float, typer.Option(help="Seconds per point before it is recorded as timeout.")] = 600.0,
+    imports: Annotated[list[str] | None, typer.Option("--import", help="Module registering extra mixers.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows as JSON.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the rows as CSV.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Results database.")] = None,
+) -> None:
+    """Time forward, forward+backward, prefill and per-token decode, and peak memory, per mixer x pattern x length,
+    each point in a child process; print medians, scaling exponents and efficiency lengths against attention."""
+    from longseq.bench.fit import efficiency_table, scaling_table
+    from longseq.bench.speed import run_speed_bench, write_rows_csv, write_rows_json
+    from longseq.results import ResultsStore
+
+    def show(row: dict) -> None:
+        ms = f"{1e3 * row['median_s']:.3f} ms" if row.get("median_s") else ""
+        mem = f"{row['peak_mem_bytes'] / 2**20:.1f} MiB" if row.get("peak_mem_bytes") is not None else ""
+        console.print(f"{row['label']:<32} {row['pattern']:<15} {row['mode']:<8} L={row['seq_len']:<7} "
+                      f"{row['status']:<8} {ms:>12} {mem:>12} {row.get('error') or ''}", markup=False, soft_wrap=True)
+
+    rows = run_speed_bench(
+        split_specs(mixers), patterns=split_specs(patterns), lengths=int_list(lengths, "--lengths"),
+        modes=split_specs(modes), d_model=d_model, batch=batch, dtype=dtype, device=device, threads=threads,
+        repeats=repeats, min_time=min_time, max_memory=parse_bytes(max_memory) if max_memory else None,
+        timeout=timeout, imports=imports or (), store=ResultsStore(store), command=shlex.join(sys.argv), on_row=show,
+    )
+    scaling = Table(title="scaling exponent (slope of log time / log memory vs log L)")
+    for col in ("label", "pattern", "mode", "metric", "exponent", "points"):
+        scaling.add_column(col)
+    for r in scaling_table(rows):
+        exponent = "-" if r["exponent"] is None else f"{r['exponent']:.2f}"
+        scaling.add_row(escape(r["label"]), r["pattern"], r["mode"], r["metric"], exponent, str(r["points"]))
+    console.print(scaling)
+    eff = efficiency_table(rows)
+    if eff:
+        table = Table(title="efficiency length (CAB): L beyond which the mixer is cheaper than the baseline")
+        for col in ("label", "baseline", "mode", "metric", "length"):
+            table.add_column(col)
+        for r in eff:
+            table.add_row(escape(r["label"]), escape(r["baseline"]), r["mode"], r["metric"],
+                          r["note"] or f"{r['length']:.0f}")
+        console.print(table)
+    if json_out:
+        console.print(f"wrote {write_rows_json(rows, json_out)}")
+    if csv_out:
+        console.print(f"wrote {write_rows_csv(rows, csv_out)}")
+
+
+def parse_bytes(text: str) -> int:
+    """"8GB" / "512MiB" / "1000000" -> bytes."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    number = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"--max-memory={text!r} must be a size like 8GB, 512MiB or a number of bytes") from None
+    if value <= 0:
+        raise ValueError(f"--max-memory={text!r} must be positive")
+    return int(value)
+
+
+@app.command()
+@cli_errors
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Output folder for report.md and report.html.")] = Path(
+        "longseq-results/report"),
+    bench_id: Annotated[str | None, typer.Option(help="Speed run to show (default: the latest).")] = None,
+    import_published: Annotated[bool, typer.Option(help="Import benchmarks/results/*.jsonl first.")] = False,
+    store: Annotated[Path | None, typer.Option(help="Results database.")] = None,
+) -> None:
+    """Write report.md and a self-contained report.html from the results store."""
+    from longseq.bench.fit import efficiency_table
+    from longseq.bench.report import write_report
+    from longseq.results import ResultsStore
+
+    db = ResultsStore(store)
+    if import_published:
+        for path in sorted(Path("benchmarks/results").glob("*.jsonl")):
+            console.print(f"imported {db.import_jsonl(path)} new rows from {path}")
+    bench = bench_id or db.latest_bench_id()
+    eff = efficiency_table(db.speed_points(bench_id=bench)) if bench else None
+    md, html = write_report(db, out, bench_id=bench, efficiency_rows=eff)
+    console.print(f"report: {md}\nreport: {html}")
 
 
 def main() -> None:
