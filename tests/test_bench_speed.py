@@ -16,7 +16,7 @@ import torch
 
 import longseq.bench.memory as memory
 from longseq.bench.isolate import PointJob, import_extension, measure_point, median_and_iqr, time_calls
-from longseq.bench.memory import track_peak_memory
+from longseq.bench.memory import parse_size, track_peak_memory
 from longseq.bench.speed import (
     ROW_KEYS,
     MixerSpec,
@@ -121,6 +121,18 @@ def test_time_calls_reaches_both_the_count_and_the_time():
 def test_median_and_iqr():
     assert median_and_iqr([3.0]) == (3.0, 0.0)
     assert median_and_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0)
+
+
+@pytest.mark.parametrize(("text", "size"), [("8GiB", 8 * 2**30), ("512MiB", 512 * MiB), ("1.5G", 3 * 2**29),
+                                           ("2GB", 2 * 10**9), ("4096", 4096), (4096, 4096)])
+def test_sizes_parse(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "8XB", "", "-1G", -1])
+def test_bad_sizes_fail_clearly(text):
+    with pytest.raises(ValueError, match="is not a size; expected"):
+        parse_size(text)
 
 
 def test_peak_memory_of_a_region_is_measured_above_its_start():

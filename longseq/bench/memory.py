@@ -19,6 +19,7 @@ import ctypes.util
 import dataclasses
 import gc
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,25 @@ def total_ram_bytes() -> int:
     except OSError:
         pass  # not Linux: ask sysconf below
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+_SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmgt]?)(?P<binary>i?)b?\s*$", re.IGNORECASE)
+_UNIT_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"8GiB"``, ``"512MiB"``, ``"1.5G"`` (binary units, as RAM is sold), ``"2GB"`` (decimal) or a plain
+    number of bytes; for command-line options such as ``--max-memory``."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise ValueError(f"size={text!r} is not a size; expected e.g. 8GiB, 512MiB, 1.5G, 2GB or a number of bytes")
+    unit = match.group("unit").lower()
+    # "G" and "GiB" are binary; "GB" with an explicit B and no i is decimal.
+    decimal = bool(unit) and not match.group("binary") and str(text).strip().lower().endswith("b")
+    base = 1000 if decimal else 1024
+    return int(float(match.group("number")) * base ** _UNIT_POWER[unit])
 
 
 def _load_libc() -> ctypes.CDLL | None:
