@@ -186,27 +186,64 @@ def train(
 @app.command()
 @cli_errors
 def demo(
+    budget: Annotated[float, typer.Option(help="Wall-time budget in seconds for the whole demo.")] = 600.0,
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("longseq-results/report"),
     store: Annotated[Path | None, typer.Option(help="Results database (default ./longseq-results/results.db).")] = (
         None),
 ) -> None:
-    """Train attention on a small MQAR (L=64, 4 key-value pairs) and print the result table."""
+    """The main job: MQAR quality and speed (fwd, decode at 1K/4K/8K) for every registered mixer within a fixed
+    budget, then the report. Prints the leaderboard and the report's path."""
+    from longseq.bench.demo import run_demo
+    from longseq.bench.quality import format_leaderboard
     from longseq.results import ResultsStore
-    from longseq.train.experiment import ExperimentConfig, default_out_dir, run_experiment
 
-    exp = ExperimentConfig.model_validate({
-        "task": {"name": "mqar", "params": {"seq_len": 64, "num_kv_pairs": 4, "vocab_size": 256,
-                                            "num_train": 20_000, "num_test": 500}},
-        "model": {"d_model": 64, "n_layers": 2},
-        "train": {"steps": 1500, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "eval_every": 100,
-                  "eval_examples": 500, "target_metric": 0.99, "out_dir": str(default_out_dir("mqar", "attention"))},
-    })
-    result = run_experiment(exp, store=ResultsStore(store), command=shlex.join(sys.argv))
-    table = Table(title="longseq demo: MQAR (L=64, 4 kv pairs)")
-    for col in ("mixer", "accuracy", "steps", "wall time s", "tokens/s"):
-        table.add_column(col)
-    table.add_row("attention", f"{result.metrics['accuracy']:.4f}", str(result.steps), f"{result.wall_time_s:.1f}",
-                  f"{result.tokens_per_s:,.0f}")
-    console.print(table)
+    if budget <= 0:
+        raise ValueError(f"--budget={budget} must be a positive number of seconds")
+    result = run_demo(store=ResultsStore(store), out_dir=out, budget_s=budget, command=shlex.join(sys.argv),
+                      log=lambda m: console.print(m, markup=False))
+    console.print(format_leaderboard(result.quality.leaderboard, title="MQAR leaderboard (best over learning rates)"))
+    console.print(result.quality.summary(), markup=False)
+    console.print(f"demo finished in {result.wall_time_s:.0f}s of {budget:.0f}s")
+    console.print(f"report: {result.report_html}\nreport: {result.report_md}")
+
+
+@bench_app.command("quality")
+@cli_errors
+def bench_quality(
+    suite: Annotated[str | None, typer.Option(help="A shipped suite name or a YAML path (see --list).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Without --suite: task names, comma-separated.")] = None,
+    mixers: Annotated[str | None, typer.Option(help="Mixers or layer patterns (restricts a suite).")] = None,
+    grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2 (repeatable), e.g. lr=1e-3,3e-3.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Wall-time budget in seconds (default: the suite's).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the shipped suites and exit.")] = False,
+    store: Annotated[Path | None, typer.Option(help="Results database.")] = None,
+) -> None:
+    """Train a task x mixer x hyper-parameter grid; best learning rate per cell (Zoology); print the leaderboard.
+    Finished cells are skipped on a re-run."""
+    from longseq.bench.quality import QualitySuite, format_leaderboard, list_suites, load_suite, parse_grid, run_quality
+    from longseq.results import ResultsStore
+
+    if list_:
+        for name, description in list_suites().items():
+            console.print(f"{name}: {description}", markup=False)
+        return
+    if suite is None and tasks is None:
+        raise ValueError("give --suite NAME (see --list) or --tasks with --mixers and --grid")
+    if suite is not None:
+        chosen = load_suite(suite)
+    else:
+        if not mixers:
+            raise ValueError("--tasks needs --mixers")
+        base = load_suite("mqar-tiny")
+        chosen = QualitySuite.model_validate({**base.model_dump(), "name": "custom", "mixers": split_specs(mixers),
+                                              "tasks": [{"name": t} for t in split_specs(tasks)], "grid": {}})
+    mixer_list = split_specs(mixers) if mixers else None
+    if grid:
+        chosen = chosen.with_grid(parse_grid(grid, mixer_names=mixer_list or chosen.resolved_mixers()))
+    report = run_quality(suite=chosen, store=ResultsStore(store), mixers=mixer_list, budget_s=budget,
+                         command=shlex.join(sys.argv), log=lambda m: console.print(m, markup=False))
+    console.print(format_leaderboard(report.leaderboard))
+    console.print(report.summary(), markup=False)
 
 
 @bench_app.command("speed")
@@ -235,8 +272,9 @@ def bench_speed(
     """Time forward, forward+backward, prefill and per-token decode, and peak memory, per mixer x pattern x length,
     each point in a child process; print medians, scaling exponents and efficiency lengths against attention."""
     from longseq.bench.fit import efficiency_table, scaling_table
+    from longseq.bench.memory import parse_size
     from longseq.bench.speed import run_speed_bench, write_rows_csv, write_rows_json
-    from longseq.results import ResultsStore
+    from longseq.results import default_store_path
 
     def show(row: dict) -> None:
         ms = f"{1e3 * row['median_s']:.3f} ms" if row.get("median_s") else ""
@@ -247,8 +285,9 @@ def bench_speed(
     rows = run_speed_bench(
         split_specs(mixers), patterns=split_specs(patterns), lengths=int_list(lengths, "--lengths"),
         modes=split_specs(modes), d_model=d_model, batch=batch, dtype=dtype, device=device, threads=threads,
-        repeats=repeats, min_time=min_time, max_memory=parse_bytes(max_memory) if max_memory else None,
-        timeout=timeout, imports=imports or (), store=ResultsStore(store), command=shlex.join(sys.argv), on_row=show,
+        repeats=repeats, min_time=min_time, max_memory=parse_size(max_memory) if max_memory else None,
+        timeout=timeout, imports=imports or (), store=store or default_store_path(), command=shlex.join(sys.argv),
+        on_row=show,
     )
     scaling = Table(title="scaling exponent (slope of log time / log memory vs log L)")
     for col in ("label", "pattern", "mode", "metric", "exponent", "points"):
@@ -270,20 +309,6 @@ def bench_speed(
         console.print(f"wrote {write_rows_json(rows, json_out)}")
     if csv_out:
         console.print(f"wrote {write_rows_csv(rows, csv_out)}")
-
-
-def parse_bytes(text: str) -> int:
-    """"8GB" / "512MiB" / "1000000" -> bytes."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    number = text.strip().rstrip("BbIiKkMmGg")
-    unit = text.strip()[len(number):].lower()
-    try:
-        value = float(number) * units[unit]
-    except (ValueError, KeyError):
-        raise ValueError(f"--max-memory={text!r} must be a size like 8GB, 512MiB or a number of bytes") from None
-    if value <= 0:
-        raise ValueError(f"--max-memory={text!r} must be positive")
-    return int(value)
 
 
 @app.command()

@@ -125,3 +125,15 @@ def test_impls_agree_in_float32():
 def test_default_heads_follow_head_size_64():
     assert build("attention", 64).n_heads == 1
     assert build("attention", 256).n_heads == 4
+
+
+def test_sdpa_causal_without_padding_takes_the_fused_path(monkeypatch):
+    """No L x L mask may be built for the common case: SDPA's is_causal kernels are several times faster."""
+    import longseq.ops.attention as ops
+
+    def no_mask(*args, **kwargs):
+        raise AssertionError("attention_mask was built")
+
+    monkeypatch.setattr(ops, "attention_mask", no_mask)
+    q, k, v = _qkv(9, 9)
+    ops.softmax_attention(q, k, v, causal=True, impl="sdpa")

@@ -32,7 +32,7 @@ MIXERS = (
     ("hyena[order=2]", "hyena", 3e-6, 1.1, lambda n: 64 * n),
 )
 EFFICIENCY = [
-    {"label": "mamba", "baseline": "attention", "metric": "time", "length": 1024.0, "note": None},
+    {"label": "mamba", "baseline": "attention", "mode": "fwd", "metric": "time", "length": 1024.0, "note": None},
     {"label": "hyena[order=2]", "baseline": "attention", "metric": "memory", "length": None, "note": "> 2048"},
 ]
 
@@ -138,8 +138,8 @@ def test_html_escapes_text(report: tuple[Path, Path]) -> None:
 def test_markdown_has_the_tables_and_its_figures_exist(report: tuple[Path, Path]) -> None:
     md_path = report[0]
     md = md_path.read_text()
-    assert "| label | baseline | metric | length | note |" in md
-    assert "| mamba | attention | time | 1,024 |  |" in md
+    assert "| label | baseline | mode | metric | length | note |" in md
+    assert "| mamba | attention | fwd | time | 1,024 |  |" in md
     assert "| hyena[order=2] | attention | memory | — | > 2048 |" in md
     assert "| label | pattern | mode | seq_len | batch | status | error |" in md
     assert (

@@ -30,7 +30,7 @@ from longseq.results.store import ResultsStore
 TIME_MODES = ("fwd", "fwdbwd", "prefill")
 MEMORY_MODES = ("fwd", "fwdbwd", "prefill", "decode")
 EFFICIENCY_METRICS = ("time", "memory")
-EFFICIENCY_KEYS = ("label", "baseline", "metric", "length", "note")
+EFFICIENCY_KEYS = ("label", "baseline", "mode", "metric", "length", "note")
 # Point attributes that, when they vary among the points of one plot, become part of each line's name.
 _SERIES_DIMENSIONS = ("pattern", "dtype", "device", "batch", "d_model")
 _LOWER_IS_BETTER_HINTS = ("loss", "perplexity", "ppl", "error", "mse")
@@ -248,8 +248,9 @@ def _efficiency_section(rows: list[dict] | None) -> Section:
     for row in rows:
         length = row["length"]
         shown = _NONE if length is None else (f"{int(length):,}" if float(length).is_integer() else f"{length:.4g}")
-        table_rows.append([row["label"], row["baseline"], row["metric"], shown, row.get("note") or ""])
-    section.blocks.append(Table(["label", "baseline", "metric", "length", "note"], table_rows))
+        table_rows.append([row["label"], row["baseline"], row.get("mode") or "", row["metric"], shown,
+                           row.get("note") or ""])
+    section.blocks.append(Table(["label", "baseline", "mode", "metric", "length", "note"], table_rows))
     return section
 
 
@@ -457,12 +458,12 @@ def _check_efficiency_rows(rows: list[dict] | None) -> None:
     for index, row in enumerate(rows or []):
         if not isinstance(row, dict):
             raise ReportError(f"efficiency_rows[{index}] must be a dict, got {type(row).__name__}")
-        missing = [k for k in EFFICIENCY_KEYS if k not in row and k != "note"]
+        missing = [k for k in EFFICIENCY_KEYS if k not in row and k not in ("note", "mode")]
         unknown = sorted(set(row) - set(EFFICIENCY_KEYS))
         if missing or unknown:
             raise ReportError(
                 f"efficiency_rows[{index}]: missing keys {missing}, unknown keys {unknown}; "
-                f"allowed: {', '.join(EFFICIENCY_KEYS)} (note optional)"
+                f"allowed: {', '.join(EFFICIENCY_KEYS)} (mode and note optional)"
             )
         if row["metric"] not in EFFICIENCY_METRICS:
             raise ReportError(

@@ -59,17 +59,16 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, 
     backend has them); ``impl="math"`` materializes softmax(QK^T) — the form CAB measured."""
     lq, lk = q.shape[2], k.shape[2]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    mask = attention_mask(lq, lk, causal=causal, k_valid=k_valid, device=q.device)
+    # Without padding, a square causal problem goes to SDPA's is_causal path: fused kernels never build the mask.
+    fused_causal = impl == "sdpa" and causal and lq == lk > 1 and k_valid is None
+    mask = None if fused_causal else attention_mask(lq, lk, causal=causal, k_valid=k_valid, device=q.device)
     sees_a_key = None
     if k_valid is not None:
         # A row with no visible key would be softmax over nothing (NaN); let it see everything, then zero it.
         sees_a_key = mask.any(dim=-1, keepdim=True)
         mask = mask | ~sees_a_key
     if impl == "sdpa":
-        is_causal = mask is None and causal and lq == lk and lq > 1
-        if is_causal:
-            mask = None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fused_causal,
                                              scale=scale)
     elif impl == "math":
         # Half-precision inputs get a float32 softmax; float64 stays float64.
