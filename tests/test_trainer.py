@@ -576,3 +576,47 @@ def test_store_rows_for_completed_failed_and_resumed_runs(tmp_path):
         assert result.run_id == failed["run_id"]
         row = store.get_run(result.run_id)
         assert (row["status"], row["steps"]) == ("completed", 8) and len(store.runs()) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Time budget
+
+
+def test_time_budget_stops_like_an_early_stop(tmp_path):
+    from longseq.results.store import ResultsStore
+
+    cfg = config(steps=1_000_000, eval_every=1_000_000, log_every=1_000_000, time_budget_s=0.2, out_dir=tmp_path)
+    with ResultsStore(tmp_path / "results.db") as store:
+        trainer = Trainer(make_model(), IdentityTask(), cfg, store=store, run_info={"mixer": "toy"}, progress=False)
+        result = trainer.train()
+        row = store.get_run(result.run_id)
+
+    assert result.stopped_by == "time_budget" and result.stopped_early and 0 < result.steps < cfg.steps
+    assert result.wall_time_s >= 0.2 and set(result.metrics) == {"accuracy", "loss"}
+    assert result.checkpoint == latest_checkpoint(tmp_path) and result.checkpoint.name == f"step-{result.steps:08d}"
+    lines = read_jsonl(tmp_path / "metrics.jsonl")
+    # The stopping step is logged (training window and final evaluation) although it is no log or eval step.
+    assert [(r["kind"], r["step"]) for r in lines] == [("train", result.steps), ("eval", result.steps)]
+    assert (row["status"], row["steps"], row["metrics"]["stopped_by"]) == ("completed", result.steps, "time_budget")
+
+
+def test_stopped_by_target_and_steps():
+    by_steps = Trainer(make_model(), IdentityTask(), config(steps=4, time_budget_s=3600.0), progress=False).train()
+    assert (by_steps.stopped_by, by_steps.stopped_early, by_steps.steps) == ("steps", False, 4)
+    cfg = config(steps=300, eval_every=10, target_metric=0.95, lr=5e-2, time_budget_s=3600.0)
+    by_target = Trainer(make_model(), IdentityTask(), cfg, progress=False).train()
+    assert (by_target.stopped_by, by_target.stopped_early) == ("target", True) and by_target.steps < 300
+
+
+def test_time_budget_is_not_a_trajectory_field(tmp_path):
+    cfg = dict(steps=12, checkpoint_every=6, out_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), FailingTask(fail_at=9, error=KeyboardInterrupt()), config(**cfg), progress=False).train()
+    resumed = Trainer(make_model(), IdentityTask(), config(**cfg, time_budget_s=3600.0), progress=False)
+    result = resumed.train(resume=True)
+    assert (result.steps, result.stopped_by) == (12, "steps")
+
+
+def test_time_budget_must_be_positive():
+    with pytest.raises(TrainConfigError, match=r"time_budget_s=0\.0: .*greater than 0"):
+        TrainConfig(steps=10, time_budget_s=0.0)

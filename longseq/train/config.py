@@ -20,7 +20,8 @@ NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 # Fields that shape the optimisation trajectory: an exact resume needs them unchanged. The others (where to
-# write, how often to evaluate, log or checkpoint, threads) can differ between the two halves of a run.
+# write, how often to evaluate, log or checkpoint, threads, the time budget) can differ between the two halves
+# of a run.
 TRAJECTORY_FIELDS: tuple[str, ...] = (
     "steps",
     "batch_size",
@@ -75,6 +76,11 @@ class TrainConfig(pydantic.BaseModel):
     always uses the whole test split."""
     target_metric: Annotated[float, Field(allow_inf_nan=False)] | None = None
     """Stop early once an evaluation reaches this value of the task's metric (direction from the task)."""
+    time_budget_s: PositiveFloat | None = None
+    """Stop early once the run's wall time (all sessions, periodic evaluations included) exceeds this many
+    seconds; the final evaluation and checkpoint then run as after any early stop, so the run takes a little
+    longer than the budget. None = no limit. Not a trajectory field: the budget decides where a run stops,
+    never the updates it makes on the way, so a resume may change it."""
     seed: NonNegativeInt = 0
     """Seeds the data order and, on a fresh run, the python/numpy/torch random generators."""
     checkpoint_every: PositiveInt | None = None

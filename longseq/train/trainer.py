@@ -51,6 +51,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
 RUN_INFO_KEYS = ("mixer", "config", "state_floats", "suite", "cell_key")
+STOP_REASONS = ("target", "time_budget", "steps")
 _MODEL_OUTPUT_FIELDS = ("loss", "predictions", "targets", "example_index")
 
 
@@ -89,7 +90,10 @@ class TrainResult:
     ``best_metric``: the best value of the task metric over all evaluations of the run; ``wall_time_s``: wall
     time of all training sessions of the run (up to the last checkpoint for resumed runs), evaluation
     included; ``tokens_per_s``: input tokens per second of training-step time (evaluation excluded);
-    ``checkpoint``: the final checkpoint directory (None without ``out_dir``).
+    ``checkpoint``: the final checkpoint directory (None without ``out_dir``); ``stopped_by``: why training
+    stopped, one of ``STOP_REASONS`` — ``"target"`` (an evaluation reached ``target_metric``),
+    ``"time_budget"`` (wall time passed ``time_budget_s``) or ``"steps"`` (all ``steps`` done);
+    ``stopped_early`` is ``stopped_by != "steps"``.
     """
 
     run_id: str | None
@@ -100,6 +104,7 @@ class TrainResult:
     tokens_per_s: float
     stopped_early: bool
     checkpoint: Path | None
+    stopped_by: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,6 +235,7 @@ class _Progress:
     last_eval: dict[str, float] | None = None
     last_train_loss: float | None = None
     stopped_early: bool = False
+    stopped_by: str | None = None  # one of STOP_REASONS once training has stopped
     final_metrics: dict[str, float] | None = None
 
 
@@ -320,7 +326,8 @@ class Trainer:
     # ----- public -----
 
     def train(self, resume: bool = False) -> TrainResult:
-        """Train to ``config.steps`` (or the target metric), evaluate, checkpoint; return the result.
+        """Train to ``config.steps`` (or the target metric, or the time budget), evaluate, checkpoint; return
+        the result.
 
         ``resume=True`` continues from the latest checkpoint in ``out_dir`` (and the same store run_id);
         resuming a finished run returns its result without training. A fresh run refuses an ``out_dir``
@@ -477,6 +484,7 @@ class Trainer:
             best_metric=state.best_metric,
             train_loss=state.last_train_loss,
             stopped_early=state.stopped_early,
+            stopped_by=state.stopped_by,
         )
         self.store.finish_run(
             state.run_id,
@@ -536,15 +544,19 @@ class Trainer:
                 state.tokens += tokens
                 window.add(loss, grad_norm)
                 final = state.step == config.steps
+                if not final and self._over_budget(session_start):
+                    state.stopped_early = True
+                    state.stopped_by = "time_budget"
                 checkpoint_now = config.checkpoint_every is not None and state.step % config.checkpoint_every == 0
                 # Logging at every checkpoint too makes a resumed run's log windows those of an uninterrupted run.
-                log_now = state.step % config.log_every == 0 or final or checkpoint_now
+                log_now = state.step % config.log_every == 0 or final or state.stopped_early or checkpoint_now
                 # .item() waits for the device, so the timed span includes the step's queued kernels.
                 means = window.pop() if log_now else None
                 state.train_time_s += time.perf_counter() - started
                 if means is not None:
                     self._log_train(lr, *means, session_start)
-                if state.step % config.eval_every == 0 and not final:
+                # A run stopping now gets its final evaluation in _finish; a periodic one would repeat it.
+                if state.step % config.eval_every == 0 and not final and not state.stopped_early:
                     self._periodic_eval(session_start)
                 if checkpoint_now and not final and not state.stopped_early:
                     self._save(session_start)
@@ -575,10 +587,17 @@ class Trainer:
         value = metrics[self.task.metric_name]
         if config.target_metric is not None and self._reaches(value, config.target_metric):
             state.stopped_early = True
+            state.stopped_by = "target"
+
+    def _over_budget(self, session_start: float) -> bool:
+        budget = self.config.time_budget_s
+        return budget is not None and self._elapsed(session_start) >= budget
 
     def _finish(self, session_start: float) -> TrainResult:
         """Final evaluation on the whole test split, final checkpoint, result."""
         state = self._state
+        if state.stopped_by is None:
+            state.stopped_by = "steps"
         reusable = (
             self.config.eval_examples is None
             and state.last_eval is not None
@@ -663,6 +682,7 @@ class Trainer:
             tokens_per_s=self._tokens_per_s(),
             stopped_early=state.stopped_early,
             checkpoint=checkpoint,
+            stopped_by=state.stopped_by,
         )
 
     def _progress_bar(self) -> Progress:

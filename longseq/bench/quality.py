@@ -1,0 +1,825 @@
+"""``longseq bench quality``: a task x mixer x hyper-parameter grid, trained under one wall-time budget.
+
+A **suite** (``QualitySuite``, a YAML file; the shipped ones live in ``longseq/bench/suites/``) names tasks,
+mixers, a base model and training config, and a grid. A **cell** is one task x one mixer x one point of the
+grid without the learning rate; each cell is trained once per learning rate (Zoology's protocol: the cell's
+score is the best over learning rates, see ``leaderboard``).
+
+Grid keys (``parse_grid`` reads them from the command line, a suite's ``grid`` from YAML):
+
+- ``lr``: the learning rates tried in every cell;
+- a ``TrainConfig`` field (``steps``, ``batch_size``, ...) or a ``ModelConfig`` field (``d_model``,
+  ``n_layers``, ...); ``out_dir``/``time_budget_s`` (set by the runner) and ``vocab_size``/``layers``/
+  ``mixer_hypers`` (set by the task, the mixers and the keys below) are refused;
+- ``task.<param>``: a parameter of every task of the suite;
+- ``<mixer>.<hyper>``: a hyper of that mixer; it multiplies only the cells whose layers use that mixer.
+
+Training settings merge suite ``train`` < the task's own ``train`` < grid values < the run's ``lr``.
+
+**Run keys.** Every run (cell + learning rate) is recorded in the results store with ``suite`` and a
+``cell_key``: the first 16 hex digits of the SHA-256 of the canonical JSON of ``{"suite": name, "task": the
+task's name and parameters as given, "mixer": layer pattern, "config": the fully resolved config}``, where the
+resolved config is the task's ``describe()``, the ``ModelConfig`` dump and the ``TrainConfig`` dump (defaults
+filled in, ``lr`` included) without ``out_dir`` and ``time_budget_s``. So the key changes exactly when the
+experiment does, and a re-run skips every run whose key has a completed row (``ResultsStore.finished_cell``).
+A run stopped by its time budget is completed too: re-run it with a new store (or suite name) to give it more
+time. Run directories are ``<out_root>/<suite>/<cell_key>`` (default out_root: ``quality/`` beside the store);
+an interrupted run resumes from its last checkpoint there.
+
+**Budget.** The suite's ``budget_s`` (or the caller's override) is the wall time of the whole call. Before
+each run the time left is split evenly over the runs left: ``TrainConfig.time_budget_s = left / runs left``,
+so runs that stop early (target reached) hand their time to the rest. The final evaluation runs after a
+run's budget is spent, so a call can overrun by about one evaluation per run; runs that find no time left
+are not started and are reported as ``out_of_budget`` (a later call runs them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from rich.table import Table
+
+from longseq.bench.report import best_runs
+from longseq.mixers import Pattern, available, mixer_class
+from longseq.mixers.base import hyper_names
+from longseq.models.config import ModelConfig, parse_layer_pattern
+from longseq.results.store import ResultsStore
+from longseq.tasks import available_tasks
+from longseq.train.config import TrainConfig
+from longseq.train.experiment import ExperimentConfig, TaskSpec, run_experiment
+from longseq.train.trainer import latest_checkpoint
+
+SUITES_PACKAGE = "longseq.bench"
+SUITES_DIR = "suites"
+ALL_MIXERS = "all"
+RUNNER_TRAIN_FIELDS = ("out_dir", "time_budget_s")
+"""Training fields the runner sets for each run; suites and grids may not set them, run keys leave them out."""
+RESERVED_MODEL_FIELDS = ("vocab_size", "layers", "mixer_hypers")
+"""Model fields a grid may not set: the task gives the vocabulary, ``mixers`` the layers, ``<mixer>.<hyper>``
+keys the hypers."""
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_REPR_LIMIT = 60
+
+
+class QualitySuiteError(ValueError):
+    """A suite that is unknown, unreadable or invalid, or a grid, mixer list or budget it cannot take."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grid keys and values
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+def _scalar(value: Any) -> Any:
+    """A grid value as a plain scalar: YAML 1.1 reads ``1e-3`` (no dot) as a string, so number-like strings
+    become numbers."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and not re.search(r"[.eE]", value) else number
+    return value
+
+
+def _train_fields() -> list[str]:
+    return [name for name in TrainConfig.model_fields if name not in RUNNER_TRAIN_FIELDS]
+
+
+def _model_fields() -> list[str]:
+    return [name for name in ModelConfig.model_fields if name not in RESERVED_MODEL_FIELDS]
+
+
+def layer_names(pattern: str) -> set[str]:
+    """The mixer names of a layer pattern: ``"mamba*3,attention"`` -> ``{"mamba", "attention"}``.
+
+    Raises ``ValueError`` for a malformed pattern (see ``longseq.models.config.parse_layer_pattern``)."""
+    parse_layer_pattern(pattern, 1)
+    return {item.partition("*")[0] for item in pattern.replace(" ", "").split(",")}
+
+
+def _registered_mixers() -> list[str]:
+    return [info.name for info in available()]
+
+
+def grid_key_kind(key: str, mixer_names: Iterable[str] = ()) -> Literal["lr", "train", "model", "task", "hyper"]:
+    """Which part of a run's config grid key ``key`` sets (see the module docstring for the forms).
+
+    ``mixer_names``: names accepted as ``<mixer>`` besides the registered mixers (a suite's own mixers, which
+    may not be registered yet). Raises ``QualitySuiteError`` naming the key and the allowed forms.
+    """
+    if key == "lr":
+        return "lr"
+    if key in _train_fields():
+        return "train"
+    if key in _model_fields():
+        return "model"
+    prefix, dot, name = key.partition(".")
+    if dot and prefix == "task" and name.isidentifier():
+        return "task"
+    registered = _registered_mixers()
+    if dot and name and prefix in registered:
+        allowed = [h for h in hyper_names(mixer_class(prefix)) if h != "pattern"]
+        if name not in allowed:
+            raise QualitySuiteError(
+                f"grid key {key!r}: mixer {prefix!r} has no hyper {name!r}; allowed: {', '.join(allowed)}"
+            )
+        return "hyper"
+    if dot and name and any(prefix in layer_names(pattern) for pattern in mixer_names):
+        return "hyper"
+    if key in RUNNER_TRAIN_FIELDS or key in RESERVED_MODEL_FIELDS:
+        raise QualitySuiteError(f"grid key {key!r} is set by the quality runner, not by a grid")
+    raise QualitySuiteError(
+        f"unknown grid key {key!r}; allowed: lr, a training field ({', '.join(_train_fields())}),"
+        f" a model field ({', '.join(_model_fields())}), task.<param>, or <mixer>.<hyper> with a mixer among "
+        f"{', '.join(sorted({*registered, *(n for pattern in mixer_names for n in layer_names(pattern))}))}"
+    )
+
+
+def parse_grid(items: Sequence[str], *, mixer_names: Iterable[str] = ()) -> dict[str, list[Any]]:
+    """``["d_model=64,128", "lr=1e-3,3e-3"]`` -> ``{"d_model": [64, 128], "lr": [0.001, 0.003]}``.
+
+    Each item is ``KEY=V1,V2,...``; values are YAML scalars (``1e-3`` is a number, ``true`` a bool, ``sdpa`` a
+    string). Keys are checked with ``grid_key_kind``. Raises ``QualitySuiteError`` naming the item.
+    """
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise QualitySuiteError(f"grid item {item!r} must look like KEY=VALUE[,VALUE...], e.g. d_model=64,128")
+        if key in grid:
+            raise QualitySuiteError(f"grid item {item!r}: key {key!r} is given twice; list all its values in one item")
+        grid_key_kind(key, mixer_names)
+        parsed = []
+        for text in values.split(","):
+            if not text.strip():
+                raise QualitySuiteError(f"grid item {item!r} has an empty value; separate values with single commas")
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise QualitySuiteError(f"grid item {item!r}: value {text!r} is not a YAML scalar") from None
+            if isinstance(value, dict | list) or value is None:
+                raise QualitySuiteError(f"grid item {item!r}: value {text!r} must be a number, string or bool")
+            parsed.append(_scalar(value))
+        grid[key] = parsed
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Suites
+
+
+class SuiteTask(BaseModel):
+    """One task of a suite: a registered task name, its parameters, and training settings for this task only
+    (e.g. a smaller batch for a longer sequence)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec(name=self.name, params=dict(self.params))
+
+
+class QualitySuite(BaseModel):
+    """A quality benchmark: tasks x mixers x grid, trained under ``budget_s`` seconds of wall time in total.
+
+    ``mixers``: mixer names or layer patterns (``"mamba*3,attention"``), or ``"all"`` = every registered
+    mixer that supports the causal self pattern (the tasks train causal LMs). ``model``: ModelConfig fields
+    except ``vocab_size`` and ``layers`` (``mixer_hypers`` entries apply to the cells that use the mixer).
+    ``train``: TrainConfig fields except ``out_dir`` and ``time_budget_s``. ``grid``: key -> values, see the
+    module docstring. Construction validates everything that does not depend on a cell; a cell that cannot be
+    built (e.g. ``4 * num_kv_pairs > seq_len``) is dropped at planning time with its reason.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str
+    budget_s: float = Field(gt=0, allow_inf_nan=False)
+    mixers: list[str] | Literal["all"]
+    tasks: list[SuiteTask] = Field(min_length=1)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as error:
+            raise QualitySuiteError(
+                f"invalid quality suite {data.get('name', '?')!r}: {describe_error(error)}"
+            ) from None
+
+    @pydantic.field_validator("mixers", mode="before")
+    @classmethod
+    def _mixers_form(cls, mixers: Any) -> Any:
+        if isinstance(mixers, str) and mixers != ALL_MIXERS:
+            raise ValueError(f"{mixers!r} is neither a list of mixer names or layer patterns nor {ALL_MIXERS!r}")
+        return mixers
+
+    @pydantic.field_validator("mixers")
+    @classmethod
+    def _mixers_parse(cls, mixers: list[str] | str) -> list[str] | str:
+        if isinstance(mixers, str):
+            return mixers
+        if not mixers:
+            raise ValueError(f"must name at least one mixer or be {ALL_MIXERS!r}")
+        for pattern in mixers:
+            parse_layer_pattern(pattern, 1)
+        if len(set(mixers)) != len(mixers):
+            raise ValueError(f"lists a mixer twice: {mixers}")
+        return mixers
+
+    @pydantic.field_validator("grid", mode="before")
+    @classmethod
+    def _grid_scalars(cls, grid: Any) -> Any:
+        if isinstance(grid, dict):
+            return {
+                key: [_scalar(v) for v in values] if isinstance(values, list) else values
+                for key, values in grid.items()
+            }
+        return grid
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> QualitySuite:
+        known_tasks = available_tasks()
+        for task in self.tasks:
+            if task.name not in known_tasks:
+                raise ValueError(f"unknown task {task.name!r}; available: {', '.join(known_tasks)}")
+        for key in self.model:
+            if key not in _model_fields() and key != "mixer_hypers":
+                raise ValueError(
+                    f"model.{key} cannot be set here; allowed: {', '.join([*_model_fields(), 'mixer_hypers'])}"
+                )
+        for key in RUNNER_TRAIN_FIELDS:
+            if key in self.train or any(key in task.train for task in self.tasks):
+                raise ValueError(f"train.{key} is set by the quality runner for each run; remove it")
+        for task in self.tasks:
+            TrainConfig(**{**self.train, **task.train})  # base settings must be valid before any grid value
+        names = self.mixer_names
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key} has no values")
+            if grid_key_kind(key, names) in ("lr", "train"):
+                for value in values:  # a bad training value is the suite's error, not a cell's
+                    _check_train_value(key, value)
+        return self
+
+    @property
+    def mixer_names(self) -> list[str]:
+        """The distinct mixer names of the suite's layer patterns (empty for ``"all"``)."""
+        if self.mixers == ALL_MIXERS:
+            return []
+        return sorted({name for pattern in self.mixers for name in layer_names(pattern)})
+
+    def resolved_mixers(self) -> list[str]:
+        """The layer patterns this suite trains: its list, or for ``"all"`` every registered mixer whose default
+        hypers support the causal self pattern."""
+        if self.mixers != ALL_MIXERS:
+            return list(self.mixers)
+        return [info.name for info in available() if Pattern.CAUSAL_SELF in info.cls.supported_patterns()]
+
+    def with_grid(self, grid: dict[str, list[Any]]) -> QualitySuite:
+        """A validated copy whose grid has ``grid``'s keys replaced (other keys kept)."""
+        return QualitySuite(**{**self.model_dump(), "grid": {**self.grid, **grid}})
+
+
+def _check_train_value(key: str, value: Any) -> None:
+    """Type and range of one TrainConfig field; checks across fields (warmup < steps) are left to the cells,
+    where another grid key may change the other field."""
+    field_info = TrainConfig.model_fields[key]
+    annotation = (
+        Annotated[field_info.annotation, *field_info.metadata] if field_info.metadata else field_info.annotation
+    )
+    try:
+        pydantic.TypeAdapter(annotation).validate_python(value)
+    except pydantic.ValidationError as error:
+        raise ValueError(f"grid.{key}={value!r}: {describe_error(error)}") from None
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: pydantic errors as ``field: message``, others as their message."""
+    if isinstance(error, pydantic.ValidationError):
+        parts = []
+        for item in error.errors(include_url=False):
+            where = ".".join(str(p) for p in item["loc"])
+            message = str(item["msg"]).removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = f"unknown field (value {_short(item['input'])})"
+            parts.append(f"{where}: {message}" if where else message)
+        return " ".join("; ".join(parts).split())
+    return " ".join((str(error).strip() or type(error).__name__).split())
+
+
+def _shipped_suite_files() -> dict[str, Any]:
+    folder = resources.files(SUITES_PACKAGE).joinpath(SUITES_DIR)
+    return {entry.name.removesuffix(".yaml"): entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def list_suites() -> dict[str, str]:
+    """Shipped suite name -> its description, sorted by name."""
+    return {name: load_suite(name).description for name in sorted(_shipped_suite_files())}
+
+
+def load_suite(name_or_path: str | Path) -> QualitySuite:
+    """A shipped suite by name (``"mqar-tiny"``), or a suite YAML file by path.
+
+    Raises ``QualitySuiteError`` for an unknown name (listing the shipped suites), an unreadable or non-YAML
+    file, or an invalid suite (naming the field, the value and what is allowed).
+    """
+    path = Path(name_or_path)
+    shipped = _shipped_suite_files()
+    if str(name_or_path) in shipped:
+        source, text = f"shipped suite {name_or_path!r}", shipped[str(name_or_path)].read_text(encoding="utf-8")
+    elif path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise QualitySuiteError(f"suite file {str(path)!r} does not exist")
+        source, text = f"suite file {str(path)!r}", path.read_text(encoding="utf-8")
+    else:
+        raise QualitySuiteError(
+            f"unknown suite {str(name_or_path)!r}; available: {', '.join(sorted(shipped))} (or a path to a .yaml file)"
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise QualitySuiteError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise QualitySuiteError(f"{source} must hold a mapping (name, description, budget_s, mixers, tasks, ...)")
+    try:
+        return QualitySuite(**data)
+    except QualitySuiteError as error:
+        raise QualitySuiteError(f"{source}: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning: cells and runs
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One task x one mixer (layer pattern) x one grid point without the learning rate.
+
+    ``task``: the task with the cell's ``task.*`` values applied; ``settings``: (grid key, value) pairs.
+    """
+
+    task: TaskSpec
+    mixer: str
+    settings: tuple[tuple[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        params = ", ".join(f"{k}={_format_value(v)}" for k, v in self.task.params.items())
+        parts = [f"{self.task.name}({params})", self.mixer]
+        parts += [f"{k}={_format_value(v)}" for k, v in self.settings if not k.startswith("task.")]
+        return " | ".join(parts)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class QualityRun:
+    """One training run of a cell: its learning rate, its validated config (without ``out_dir`` and
+    ``time_budget_s``, which the runner sets) and its ``cell_key`` in the results store."""
+
+    cell: Cell
+    lr: float
+    config: ExperimentConfig
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell.label} | lr={self.lr:g}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class QualityPlan:
+    """The runs of a suite (cells in task, mixer, grid order; learning rates innermost) and the dropped cells."""
+
+    suite: QualitySuite
+    runs: list[QualityRun]
+    dropped: list[tuple[Cell, str]]
+
+    @property
+    def cells(self) -> list[Cell]:
+        """The cells that have runs, in order."""
+        return list({run.cell.label: run.cell for run in self.runs}.values())
+
+
+def run_key(suite_name: str, task: TaskSpec, mixer: str, config: ExperimentConfig) -> str:
+    """The ``cell_key`` of one run (see the module docstring): 16 hex digits of a SHA-256."""
+    built = config.task.build()
+    train = {k: v for k, v in config.train.to_json_dict().items() if k not in RUNNER_TRAIN_FIELDS}
+    identity = {
+        "suite": suite_name,
+        "task": task.model_dump(mode="json"),
+        "mixer": mixer,
+        "config": {
+            "task": built.describe(),
+            "model": config.model_config_for(built).model_dump(mode="json"),
+            "train": train,
+        },
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cell_grid_keys(suite: QualitySuite, names: set[str]) -> list[str]:
+    """The grid keys (lr excluded) that multiply a cell with these mixers: mixer hypers of other mixers do not."""
+    keys = []
+    for key in suite.grid:
+        kind = grid_key_kind(key, suite.mixer_names)
+        if kind == "lr" or (kind == "hyper" and key.partition(".")[0] not in names):
+            continue
+        keys.append(key)
+    return keys
+
+
+def _cell_config(suite: QualitySuite, task: SuiteTask, mixer: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The experiment config (as plain data, lr from the base settings) of one cell."""
+    names = layer_names(mixer)
+    params = dict(task.params)
+    train = {**suite.train, **task.train}
+    model = {k: v for k, v in suite.model.items() if k != "mixer_hypers"}
+    hypers = {name: dict(h) for name, h in suite.model.get("mixer_hypers", {}).items() if name in names}
+    for key, value in settings.items():
+        kind = grid_key_kind(key, suite.mixer_names)
+        if kind == "task":
+            params[key.removeprefix("task.")] = value
+        elif kind == "train":
+            train[key] = value
+        elif kind == "model":
+            model[key] = value
+        else:
+            name, _, hyper = key.partition(".")
+            hypers.setdefault(name, {})[hyper] = value
+    model["layers"] = mixer
+    if hypers:
+        model["mixer_hypers"] = hypers
+    return {"task": {"name": task.name, "params": params}, "model": model, "train": train}
+
+
+def _validated_run_config(data: dict[str, Any], lr: float | None) -> ExperimentConfig:
+    """The ExperimentConfig of a cell at ``lr``; every failure is a ValueError with a one-line reason."""
+    train = TrainConfig(**(data["train"] if lr is None else {**data["train"], "lr": lr}))
+    spec = TaskSpec(**data["task"])
+    task = spec.build()
+    model = ModelConfig(vocab_size=task.vocab_size, **data["model"])
+    for name in sorted(set(model.layer_names)):
+        # The tasks train causal LMs; ModelConfig only checks that the mixer builds in some pattern.
+        with torch.device("meta"):
+            model.build_mixer(name, Pattern.CAUSAL_SELF)
+    return ExperimentConfig(task=spec, model=data["model"], train=train)
+
+
+def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) -> QualityPlan:
+    """Expand ``suite`` into runs; cells whose config does not validate are dropped with the reason.
+
+    ``mixers`` restricts the suite to some of its mixers (``QualitySuiteError`` for one it does not cover).
+    """
+    chosen = suite.resolved_mixers()
+    if mixers is not None:
+        outside = [m for m in mixers if m not in chosen]
+        if outside:
+            raise QualitySuiteError(
+                f"mixers {outside} are not in suite {suite.name!r}; "
+                f"it covers: {', '.join(chosen) or '(no registered mixer)'}"
+            )
+        chosen = [m for m in chosen if m in mixers]
+    runs: list[QualityRun] = []
+    dropped: list[tuple[Cell, str]] = []
+    lrs: list[float | None] = list(suite.grid.get("lr", [None]))
+    for task in suite.tasks:
+        for mixer in chosen:
+            try:
+                names = layer_names(mixer)
+            except ValueError as error:
+                dropped.append((Cell(task.spec, mixer, ()), describe_error(error)))
+                continue
+            keys = _cell_grid_keys(suite, names)
+            for values in itertools.product(*(suite.grid[k] for k in keys)):
+                settings = dict(zip(keys, values, strict=True))
+                data = _cell_config(suite, task, mixer, settings)
+                cell = Cell(TaskSpec(**data["task"]), mixer, tuple(settings.items()))
+                try:
+                    configs = [_validated_run_config(data, lr) for lr in lrs]
+                except ValueError as error:
+                    dropped.append((cell, describe_error(error)))
+                    continue
+                runs += [
+                    QualityRun(cell, config.train.lr, config, run_key(suite.name, cell.task, mixer, config))
+                    for config in configs
+                ]
+    return QualityPlan(suite, runs, dropped)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """What ``run_quality`` did: runs trained now (``ran``), already finished in the store (``skipped``),
+    cells dropped as invalid, runs that raised, runs not started for lack of time, the suite's leaderboard."""
+
+    suite: str
+    ran: int
+    skipped: int
+    dropped: list[tuple[Cell, str]]
+    failed: list[tuple[QualityRun, str]]
+    out_of_budget: list[QualityRun]
+    leaderboard: list[dict[str, Any]]
+    wall_time_s: float
+    budget_s: float
+
+    def summary(self) -> str:
+        """One line, e.g. ``suite demo: 4 ran, 0 skipped, 1 dropped, 0 failed, 0 out of budget in 290s of 300s``."""
+        return (
+            f"suite {self.suite}: {self.ran} ran, {self.skipped} skipped, {len(self.dropped)} dropped, "
+            f"{len(self.failed)} failed, {len(self.out_of_budget)} out of budget "
+            f"in {self.wall_time_s:.0f}s of {self.budget_s:.0f}s"
+        )
+
+
+def _check_budget(budget_s: float) -> float:
+    if (
+        isinstance(budget_s, bool)
+        or not isinstance(budget_s, int | float)
+        or not math.isfinite(budget_s)
+        or budget_s <= 0
+    ):
+        raise QualitySuiteError(f"budget_s={budget_s!r}: allowed a finite number of seconds > 0")
+    return float(budget_s)
+
+
+def run_quality(
+    *,
+    suite: QualitySuite,
+    store: ResultsStore,
+    mixers: Sequence[str] | None = None,
+    budget_s: float | None = None,
+    progress: bool = False,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+    out_root: str | Path | None = None,
+) -> QualityReport:
+    """Train every run of ``suite`` (restricted to ``mixers``) that ``store`` has not finished, within
+    ``budget_s`` (default: the suite's) seconds in total, and return the report with the suite's leaderboard.
+
+    Dropped cells, skipped runs, each run's budget and result, and failures are reported through ``log``. A run
+    that raises is recorded ``failed`` by the trainer, logged, and the suite goes on; KeyboardInterrupt stops
+    it (the run is recorded ``interrupted`` and resumes from its last checkpoint on the next call).
+    """
+    budget = _check_budget(suite.budget_s if budget_s is None else budget_s)
+    started = time.perf_counter()
+    plan = plan_quality(suite, mixers=mixers)
+    for cell, reason in plan.dropped:
+        log(f"dropped {cell.label}: {reason}")
+    todo = [run for run in plan.runs if store.finished_cell(run.key) is None]
+    skipped = len(plan.runs) - len(todo)
+    log(
+        f"suite {suite.name}: {len(plan.runs)} runs in {len(plan.cells)} cells ({len(plan.dropped)} dropped); "
+        f"{skipped} already finished, {len(todo)} to run in {budget:.0f}s"
+    )
+    root = Path(out_root) if out_root is not None else store.path.parent / "quality"
+    ran = 0
+    failed: list[tuple[QualityRun, str]] = []
+    out_of_budget: list[QualityRun] = []
+    for index, run in enumerate(todo):
+        left = budget - (time.perf_counter() - started)
+        if left <= 0:
+            out_of_budget = todo[index:]
+            log(f"budget of {budget:.0f}s spent: {len(out_of_budget)} runs not started (a later call runs them)")
+            break
+        share = left / (len(todo) - index)
+        out_dir = root / suite.name / run.key
+        resume = latest_checkpoint(out_dir) is not None
+        config = run.config.model_copy(
+            update={"train": run.config.train.model_copy(update={"out_dir": out_dir, "time_budget_s": share})}
+        )
+        log(f"[{index + 1}/{len(todo)}] {run.label}: {share:.1f}s{' (resuming)' if resume else ''}")
+        try:
+            result = run_experiment(
+                config,
+                store=store,
+                resume=resume,
+                command=command,
+                progress=progress,
+                suite=suite.name,
+                cell_key=run.key,
+            )
+        except Exception as error:  # one broken run must not end the suite
+            failed.append((run, describe_error(error)))
+            log(f"  failed: {type(error).__name__}: {describe_error(error)}")
+            continue
+        if store.finished_cell(run.key) is None:
+            reason = f"{out_dir} holds a finished run that this store does not record; delete that folder to re-run"
+            failed.append((run, reason))
+            log(f"  failed: {reason}")
+            continue
+        ran += 1
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        log(f"  {scores} after {result.steps} steps in {result.wall_time_s:.1f}s (stopped by {result.stopped_by})")
+    return QualityReport(
+        suite=suite.name,
+        ran=ran,
+        skipped=skipped,
+        dropped=plan.dropped,
+        failed=failed,
+        out_of_budget=out_of_budget,
+        leaderboard=leaderboard(store, suite=suite.name),
+        wall_time_s=time.perf_counter() - started,
+        budget_s=budget,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Leaderboard
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else tree}
+
+
+def _cell_identity(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's config without what varies inside a cell (the learning rate) or per run (runner fields)."""
+    config = dict(run["config"])
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("lr", *RUNNER_TRAIN_FIELDS)}
+    return {**config, "train": train}
+
+
+# Leaderboard columns of their own; the remaining varying settings go into "setting".
+_OWN_COLUMNS = ("model.layers", "model.d_model")
+
+
+def _settings(rows: list[dict[str, Any]], flats: list[dict[str, Any]]) -> list[str]:
+    """Per row, the config values that vary among rows (mixer hypers: among rows of the same mixer)."""
+    keys = sorted({k for flat in flats for k in flat} - set(_OWN_COLUMNS))
+
+    def varies(key: str, among: list[int]) -> bool:
+        return len({json.dumps(flats[i].get(key), sort_keys=True) for i in among}) > 1
+
+    everyone = list(range(len(rows)))
+    out = []
+    for row, flat in zip(rows, flats, strict=True):
+        same_mixer = [j for j in everyone if rows[j]["mixer"] == row["mixer"]]
+        shown = []
+        for key in keys:
+            hyper = key.startswith("model.mixer_hypers.")
+            if key in flat and varies(key, same_mixer if hyper else everyone):
+                name = key.removeprefix("model.mixer_hypers.").removeprefix("model.").removeprefix("train.")
+                shown.append(f"{name}={_format_value(flat[key])}")
+        out.append(" ".join(shown))
+    return out
+
+
+def leaderboard(store: ResultsStore, suite: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
+    """The best completed run over learning rates of each cell (Zoology's protocol), ranked per task.
+
+    A cell = the run's full config without ``lr``, ``out_dir`` and ``time_budget_s``, so it tells apart task
+    parameters (MQAR's ``seq_len``), model sizes and mixer hypers. Selection (primary metric, its direction,
+    completed runs only) is ``longseq.bench.report.best_runs``. Row keys: task, setting (the config values that
+    vary among the rows, e.g. ``task.seq_len=64``), mixer, d_model, lr (of the best run), metric, value,
+    n_params, state_floats, wall_time_s, tokens_per_s, runs (how many runs the best is over), run_id,
+    stopped_by. Rows are ranked by task, then the task's settings, then best value first.
+    """
+    runs = store.runs(suite=suite, task=task)
+    keyed = [{**run, "task": json.dumps(_cell_identity(run), sort_keys=True)} for run in runs]
+    rows: list[dict[str, Any]] = []
+    for entries in best_runs(keyed).values():
+        for entry in entries:
+            run = entry.run
+            config = run["config"]
+            rows.append(
+                {
+                    "task": config.get("task", {}).get("name", "?"),
+                    "mixer": run["mixer"],
+                    "d_model": config.get("model", {}).get("d_model"),
+                    "lr": config.get("train", {}).get("lr"),
+                    "metric": entry.metric,
+                    "value": entry.value,
+                    "n_params": run["n_params"],
+                    "state_floats": run["state_floats"],
+                    "wall_time_s": run["wall_time_s"],
+                    "tokens_per_s": run["tokens_per_s"],
+                    "runs": entry.n_runs,
+                    "run_id": run["run_id"],
+                    "stopped_by": (run["metrics"] or {}).get("stopped_by"),
+                    "_identity": _cell_identity(run),
+                }
+            )
+    flats = [_flatten(row.pop("_identity")) for row in rows]
+    for row, setting in zip(rows, _settings(rows, flats), strict=True):
+        row["setting"] = setting
+    task_params = [tuple(_sortable(flat[k]) for k in sorted(flat) if k.startswith("task.")) for flat in flats]
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: (rows[i]["task"], task_params[i], rows[i]["metric"], -rows[i]["value"], rows[i]["mixer"]),
+    )
+    return [rows[i] for i in order]
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """Numbers before, and apart from, everything else, so mixed values sort without a TypeError."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    return (1, str(value))
+
+
+def _cell_text(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_leaderboard(rows: list[dict[str, Any]], *, title: str = "quality leaderboard") -> Table:
+    """A rich Table of ``leaderboard`` rows (the setting column only when some row has one)."""
+    table = Table(title=title)
+    with_setting = any(row["setting"] for row in rows)
+    headers = [
+        "task",
+        *(["setting"] if with_setting else []),
+        "mixer",
+        "d_model",
+        "best lr",
+        "metric",
+        "value",
+        "n_params",
+        "state floats",
+        "wall s",
+        "tokens/s",
+        "runs",
+    ]
+    for header in headers:
+        table.add_column(header, justify="right" if header not in ("task", "setting", "mixer", "metric") else "left")
+    for row in rows:
+        table.add_row(
+            row["task"],
+            *([row["setting"]] if with_setting else []),
+            row["mixer"],
+            _cell_text(row["d_model"]),
+            _cell_text(row["lr"], 3),
+            row["metric"],
+            f"{row['value']:.4f}",
+            _cell_text(row["n_params"]),
+            _cell_text(row["state_floats"]),
+            _cell_text(row["wall_time_s"], 3),
+            _cell_text(row["tokens_per_s"], 3),
+            str(row["runs"]),
+        )
+    return table
+
+
+__all__ = [
+    "ALL_MIXERS",
+    "Cell",
+    "QualityPlan",
+    "QualityReport",
+    "QualityRun",
+    "QualitySuite",
+    "QualitySuiteError",
+    "SuiteTask",
+    "format_leaderboard",
+    "grid_key_kind",
+    "layer_names",
+    "leaderboard",
+    "list_suites",
+    "load_suite",
+    "parse_grid",
+    "plan_quality",
+    "run_key",
+    "run_quality",
+]
