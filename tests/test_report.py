@@ -140,7 +140,7 @@ def test_markdown_has_the_tables_and_its_figures_exist(report: tuple[Path, Path]
     md = md_path.read_text()
     assert "| label | baseline | mode | metric | length | note |" in md
     assert "| mamba | attention | fwd | time | 1,024 |  |" in md
-    assert "| hyena[order=2] | attention | memory | — | > 2048 |" in md
+    assert "| hyena[order=2] | attention |  | memory | — | > 2048 |" in md
     assert "| label | pattern | mode | seq_len | batch | status | error |" in md
     assert (
         "| attention | causal_self | fwdbwd | 65536 | 1 | oom | RuntimeError: out of memory <allocating 16 GiB> |" in md
