@@ -29,13 +29,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from longseq.results.store import ResultsStore
 from longseq.tasks.base import Task
 from longseq.train.checkpoint import (
     CheckpointError,
@@ -57,29 +58,6 @@ _MODEL_OUTPUT_FIELDS = ("loss", "predictions", "targets", "example_index")
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-class ResultsStoreLike(Protocol):
-    """The two methods of ``longseq.results.store.ResultsStore`` the trainer calls."""
-
-    def start_run(
-        self,
-        *,
-        kind: str,
-        task: str,
-        mixer: str,
-        config: dict,
-        n_params: int,
-        provenance: dict,
-        state_floats: int | None = None,
-        suite: str | None = None,
-        cell_key: str | None = None,
-        run_id: str | None = None,
-    ) -> str: ...
-
-    def finish_run(
-        self, run_id: str, *, status: str, metrics: dict, wall_time_s: float, tokens_per_s: float, steps: int
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -283,7 +261,7 @@ class Trainer:
         task: Task,
         config: TrainConfig,
         *,
-        store: ResultsStoreLike | None = None,
+        store: ResultsStore | None = None,
         run_info: dict[str, Any] | None = None,
         command: str | None = None,
         progress: bool = True,
