@@ -1,12 +1,11 @@
 """Cross-check of the speed bench against a direct, in-process timing of what ``attention`` computes.
 
-The direct timing runs, in this process, the q/k/v projections (``nn.Linear``, no bias), RoPE, causal
-``F.scaled_dot_product_attention`` and the output projection — the operations of ``build("attention", d_model)``
-in its default SDPA form, with the attention call going through the same ``longseq.ops.attention.softmax_attention``
-(so the same mask and kernel choice) — for ``fwd`` (no grad) and ``fwdbwd`` (backward of a random cotangent w.r.t.
-the weights and the input), with the bench's own timing loop. Then ``run_speed_bench`` measures ``attention``
-and ``attention[impl=math]`` (each point in a child process) in the same invocation. The script prints, per length
-and mode, the ratio of the direct median to the bench's median for ``attention`` (acceptance: within 20%), and the
+The direct timing runs, in this process, the operations of ``build("attention", d_model)`` in its default SDPA
+form — q/k/v projections (``nn.Linear``, no bias), RoPE, ``F.scaled_dot_product_attention(is_causal=True)`` called
+directly, the output projection — for ``fwd`` (no grad) and ``fwdbwd`` (backward of a random cotangent w.r.t. the
+weights and the input), with the bench's own timing loop. Then ``run_speed_bench`` measures ``attention`` and
+``attention[impl=math]`` (each point in a child process) in the same invocation. The script prints, per length and
+mode, the ratio of the direct median to the bench's median for ``attention`` (acceptance: within 20%), and the
 scaling exponent of ``attention[impl=math]`` (acceptance: between 1.8 and 2.1). Exit status 1 when a check fails.
 
     .venv/bin/python benchmarks/sdpa_check.py                  # d_model 256, batch 1, L = 4096, 8192, 16384
@@ -19,12 +18,12 @@ import shlex
 import sys
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longseq.bench.fit import scaling_table
 from longseq.bench.isolate import median_and_iqr, time_calls
 from longseq.bench.speed import run_speed_bench
-from longseq.ops.attention import softmax_attention
 from longseq.ops.rotary import apply_rotary, rotary_cos_sin
 
 RATIO_TOLERANCE = 0.20
@@ -50,7 +49,7 @@ class DirectAttention(nn.Module):
         positions = torch.arange(length, device=x.device).expand(b, length)
         cos, sin = rotary_cos_sin(positions, self.head_dim, dtype=q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = softmax_attention(q, k, v, causal=True, impl="sdpa")  # F.scaled_dot_product_attention inside
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(o.transpose(1, 2).reshape(b, length, d))
 
 

@@ -137,3 +137,22 @@ def test_sdpa_causal_without_padding_takes_the_fused_path(monkeypatch):
     monkeypatch.setattr(ops, "attention_mask", no_mask)
     q, k, v = _qkv(9, 9)
     ops.softmax_attention(q, k, v, causal=True, impl="sdpa")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self", "causal_cross", "noncausal_cross"])
+def test_cuda_matches_cpu(pattern):
+    torch.manual_seed(0)
+    m = build("attention", 32, pattern=pattern, n_heads=4).eval()
+    x = torch.randn(2, 40, 32)
+    ctx = torch.randn(2, 24, 32) if "cross" in pattern else None
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, :5] = False
+    want = m(x, context=ctx, mask=mask)
+    got = m.cuda()(x.cuda(), context=None if ctx is None else ctx.cuda(), mask=mask.cuda())
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+    if pattern.startswith("causal"):
+        state = m.init_state(2, context=None if ctx is None else ctx.cuda())
+        assert state.to("cpu").num_floats() == state.num_floats()
+        y, _ = m.forward_stream(x.cuda(), state)
+        torch.testing.assert_close(y.cpu(), m.cpu()(x, context=ctx), atol=1e-4, rtol=1e-4)

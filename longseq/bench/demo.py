@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from longseq.bench.fit import efficiency_table
-from longseq.bench.quality import QualityReport, load_suite, run_quality
+from longseq.bench.quality import QualityReport, QualitySuite, load_suite, run_quality
 from longseq.bench.report import write_report
 from longseq.bench.speed import run_speed_bench
 from longseq.mixers import available
@@ -44,19 +44,21 @@ def speed_specs() -> list[str]:
 
 
 def run_demo(*, store: ResultsStore, out_dir: Path, budget_s: float = 600.0, command: str | None = None,
-             log: Callable[[str], None] = print) -> DemoResult:
+             log: Callable[[str], None] = print, suite: QualitySuite | None = None,
+             speed_lengths: tuple[int, ...] = SPEED_LENGTHS, speed_d_model: int = SPEED_D_MODEL) -> DemoResult:
+    """Quality (``suite``, default the shipped ``demo``), speed, report — all inside ``budget_s`` seconds."""
     started = time.perf_counter()
 
     def left() -> float:
         return budget_s - (time.perf_counter() - started)
 
     log(f"quality: MQAR for {len(available())} mixers in {QUALITY_SHARE * budget_s:.0f}s")
-    quality = run_quality(suite=load_suite("demo"), store=store, budget_s=QUALITY_SHARE * budget_s,
+    quality = run_quality(suite=suite or load_suite("demo"), store=store, budget_s=QUALITY_SHARE * budget_s,
                           command=command, log=lambda m: log(f"  {m}"))
 
     specs = speed_specs()
     speed_budget = min(SPEED_SHARE * budget_s, left() - 0.1 * budget_s)
-    log(f"speed: fwd and decode at {'/'.join(map(str, SPEED_LENGTHS))} for {len(specs)} specs in {speed_budget:.0f}s")
+    log(f"speed: fwd and decode at {'/'.join(map(str, speed_lengths))} for {len(specs)} specs in {speed_budget:.0f}s")
     bench_id, rows, not_run = None, [], []
     speed_started = time.perf_counter()
     for i, spec in enumerate(specs):
@@ -67,7 +69,7 @@ def run_demo(*, store: ResultsStore, out_dir: Path, budget_s: float = 600.0, com
             log(f"  speed budget spent: not measured: {', '.join(not_run)}")
             break
         # Six points per spec; a point that alone would take most of its share is recorded as a timeout.
-        got = run_speed_bench([spec], lengths=SPEED_LENGTHS, modes=("fwd", "decode"), d_model=SPEED_D_MODEL,
+        got = run_speed_bench([spec], lengths=speed_lengths, modes=("fwd", "decode"), d_model=speed_d_model,
                               repeats=3, min_time=min(0.2, share / 30), timeout=share / 2, store=store,
                               command=command, bench_id=bench_id)
         bench_id = got[0]["bench_id"] if got else bench_id
