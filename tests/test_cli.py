@@ -27,7 +27,7 @@ def test_list_shows_mixers_and_tasks():
 
 
 def test_help_on_every_command():
-    for cmd in ([], ["list"], ["train"], ["demo"]):
+    for cmd in ([], ["list"], ["train"], ["demo"], ["bench"], ["bench", "speed"], ["bench", "quality"], ["report"]):
         r = run([*cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output
 
@@ -98,3 +98,24 @@ def test_bad_input_is_one_line_error_without_traceback(case, tmp_path: Path, mon
     lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], lines[0]
+
+
+def test_bench_speed_and_report_through_the_cli(tmp_path: Path):
+    db, out = tmp_path / "r.db", tmp_path / "rep"
+    r = run(["bench", "speed", "--mixers", "attention,attention[impl=math]", "--lengths", "32,64", "--modes",
+             "fwd,decode", "--d-model", "16", "--repeats", "1", "--min-time", "0.01", "--store", str(db),
+             "--json", str(tmp_path / "rows.json")])
+    assert r.exit_code == 0, r.output
+    assert "attention[impl=math]" in r.output  # labels are not eaten as rich markup
+    assert len(ResultsStore(db).speed_points(status="ok")) == 8
+    r = run(["report", "--store", str(db), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "report.html").stat().st_size > 1000
+
+
+def test_bench_speed_bad_input_is_one_line():
+    for args, fragment in ((["--mixers", "atention"], "atention"), (["--lengths", "10,x"], "--lengths"),
+                           (["--max-memory", "lots"], "lots"), (["--modes", "sideways"], "sideways")):
+        r = run(["bench", "speed", *args])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert fragment in r.output
