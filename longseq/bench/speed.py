@@ -63,7 +63,7 @@ class SpeedBenchError(ValueError):
 # Mixer specs
 
 
-_SPEC = re.compile(r"^(?P<name>[A-Za-z_][\w.-]*)(?:\[(?P<hypers>[^\[\]]*)\])?$")
+_SPEC = re.compile(r"^(?P<name>[A-Za-z_][\w.:-]*)(?:\[(?P<hypers>[^\[\]]*)\])?$")
 _KEY = re.compile(r"^[A-Za-z_]\w*$")
 _RESERVED_HYPERS = ("pattern",)
 

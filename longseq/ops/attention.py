@@ -71,10 +71,12 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, 
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fused_causal,
                                              scale=scale)
     elif impl == "math":
+        # Materialize the L x L scores, but only twice (scores, probabilities): the scale goes into q and the mask
+        # is applied in place, so the memory the benchmark sees is that of the method, not of temporaries.
         # Half-precision inputs get a float32 softmax; float64 stays float64.
-        scores = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) * scale
+        scores = ((q * scale) @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32))
         if mask is not None:
-            scores = scores.masked_fill(~mask, -math.inf)
+            scores.masked_fill_(~mask, -math.inf)
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         out = F.dropout(probs, p=dropout_p) @ v if dropout_p > 0 else probs @ v
     else:
