@@ -92,7 +92,7 @@ class InvalidHyper(ValueError):
 
 
 class UnknownMixer(ValueError):
-    pass
+    """``build`` was asked for a name that is not registered."""
 
 
 def check_choice(mixer: str, name: str, value: Any, allowed: tuple[Any, ...]) -> None:
