@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-from longseq.bench.memory import rss_bytes, track_peak_memory
+from longseq.bench.memory import current_bytes, rss_bytes, track_peak_memory
 
 # Decode: single steps timed at most this many times (a cache grows with every step); the state is preallocated
 # for the context plus these steps and the warm-up steps.
@@ -241,19 +241,26 @@ def _measure_decode(job: PointJob, mixer: Any, x: torch.Tensor, context: torch.T
         for _ in range(DECODE_WARMUP_STEPS):
             _, state = mixer.step(x_t, state)
         del state
+        # Decode memory = what the state holds after the prefill + the peak of the steps on top of it; the
+        # prefill's own transients (an L x L score matrix for materialized attention) belong to mode "prefill".
+        before = current_bytes(x.device)
+        state = mixer.init_state(batch, context=context, max_len=max_len)
+        _, state = mixer.forward_stream(x, state)
+        state_floats = state.num_floats()
+        held = current_bytes(x.device)
+        for _ in range(DECODE_WARMUP_STEPS):
+            _, state = mixer.step(x_t, state)
+        holder = [state]
+        del state
+
+        def one_step() -> None:
+            holder[0] = mixer.step(x_t, holder[0])[1]
+
         with track_peak_memory(x.device) as mem:
-            state = mixer.init_state(batch, context=context, max_len=max_len)
-            _, state = mixer.forward_stream(x, state)
-            state_floats = state.num_floats()
-            for _ in range(DECODE_WARMUP_STEPS):
-                _, state = mixer.step(x_t, state)
-            holder = [state]
-
-            def one_step() -> None:
-                holder[0] = mixer.step(x_t, holder[0])[1]
-
             times = time_calls(one_step, repeats=job.repeats, min_time=job.min_time, sync=sync,
                                max_calls=DECODE_MAX_STEPS)
+        if before is not None and held is not None and mem.peak_bytes is not None:
+            mem.peak_bytes += max(0, held - before)
     return times, mem, state_floats
 
 

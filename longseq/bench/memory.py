@@ -146,6 +146,17 @@ class _RssSampler(threading.Thread):
         return max(self.peak, rss_bytes() or 0)
 
 
+def current_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Memory in use now: the CUDA allocator's allocated bytes, or this process's resident memory after handing
+    free heap pages back (None without /proc)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    release_free_memory()
+    return rss_bytes()
+
+
 @contextmanager
 def track_peak_memory(device: torch.device | str = "cpu", *,
                       sample_interval_s: float = SAMPLE_INTERVAL_S) -> Iterator[PeakMemory]:
