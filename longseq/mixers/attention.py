@@ -143,7 +143,8 @@ class Attention(Mixer):
             self._check_length(state.length + x.shape[1])
             state.length += x.shape[1]
             return self._attend(q, state.k, state.v, causal=False, q_valid=mask, k_valid=state.valid), state
-        assert isinstance(state, SelfAttentionState), f"attention: expected SelfAttentionState, got {type(state)}"
+        if not isinstance(state, SelfAttentionState):
+            raise TypeError(f"mixer 'attention': state must come from this mixer's init_state, got {type(state).__name__}")
         cache = state.cache
         limit = cache.max_len if cache.max_len is not None else self.max_len
         if limit is not None and cache.length + x.shape[1] > limit:
