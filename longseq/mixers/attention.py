@@ -144,7 +144,7 @@ class Attention(Mixer):
             state.length += x.shape[1]
             return self._attend(q, state.k, state.v, causal=False, q_valid=mask, k_valid=state.valid), state
         if not isinstance(state, SelfAttentionState):
-            raise TypeError(f"mixer 'attention': state must come from this mixer's init_state, got {type(state).__name__}")
+            raise TypeError(f"mixer 'attention': state must come from its init_state, got {type(state).__name__}")
         cache = state.cache
         limit = cache.max_len if cache.max_len is not None else self.max_len
         if limit is not None and cache.length + x.shape[1] > limit:
