@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from longseq.bench.report import ReportError, best_runs, write_report
+from longseq.bench.ranking import rank_runs
+from longseq.bench.report import ReportError, write_report
 from longseq.results import ResultsStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -88,7 +89,7 @@ def fill_store(store: ResultsStore) -> None:
                     kind="quality",
                     task=task,
                     mixer=mixer,
-                    config={"optim": {"lr": lr}, "d_model": 64},
+                    config={"task": {"name": task}, "model": {"d_model": 64}, "train": {"lr": lr}},
                     n_params=50_000,
                     provenance=PROVENANCE,
                     state_floats=state_floats,
@@ -145,10 +146,10 @@ def test_markdown_has_the_tables_and_its_figures_exist(report: tuple[Path, Path]
     assert (
         "| attention | causal_self | fwdbwd | 65536 | 1 | oom | RuntimeError: out of memory <allocating 16 GiB> |" in md
     )
-    assert "| mixer | metric | best | lr | runs | n_params | state_floats | wall time (s) | tokens/s |" in md
+    assert "| mixer | d_model | metric | best | lr | runs | n_params | state_floats | wall time (s) | tokens/s |" in md
     # Best over the two learning rates, best mixer first.
-    assert "| attention | accuracy | 0.99 | 0.01 | 2 | 50,000 | 65,536 | 30 | 5,000 |" in md
-    assert md.index("| attention | accuracy | 0.99") < md.index("| mamba | accuracy | 0.57")
+    assert "| attention | 64 | accuracy | 0.99 | 0.01 | 2 | 50,000 | 65,536 | 30 | 5,000 |" in md
+    assert md.index("| attention | 64 | accuracy | 0.99") < md.index("| mamba | 64 | accuracy | 0.57")
     assert "| ms | 256 | 512 | 1024 | 2048 |" in md
     assert "| Synthetic CPU |" in md and "| 0123456789ab | yes |" in md
     figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
@@ -192,19 +193,20 @@ def test_unknown_bench_and_malformed_efficiency_rows_fail_clearly(tmp_path: Path
             )
 
 
-def test_best_runs_ranks_losses_lower_is_better() -> None:
-    def run(value: float, lr: float) -> dict:
+def test_ranking_takes_losses_lower_is_better_and_keeps_cells_apart() -> None:
+    def run(value: float, lr: float, seq_len: int = 64) -> dict:
         return {
-            "status": "completed",
-            "task": "lm",
-            "mixer": "mamba",
-            "n_params": 10,
-            "config": {"lr": lr},
+            "status": "completed", "task": "lm", "mixer": "mamba", "n_params": 10, "state_floats": 8,
+            "wall_time_s": 1.0, "tokens_per_s": 1.0, "run_id": f"{value}-{lr}-{seq_len}",
+            "config": {"task": {"name": "lm", "seq_len": seq_len}, "train": {"lr": lr, "out_dir": str(value)}},
             "metrics": {"primary_metric": "val_loss", "val_loss": value},
         }
 
-    [best] = best_runs([run(2.5, 1e-3), run(1.5, 1e-2), {**run(0.1, 1.0), "status": "failed"}])["lm"]
-    assert (best.metric, best.value, best.n_runs, best.run["config"]["lr"]) == ("val_loss", 1.5, 2, 1e-2)
+    runs = [run(2.5, 1e-3), run(1.5, 1e-2), {**run(0.1, 1.0), "status": "failed"}, run(3.0, 1e-3, seq_len=128)]
+    best, other = rank_runs(runs)
+    assert (best["metric"], best["value"], best["runs"], best["lr"]) == ("val_loss", 1.5, 2, 1e-2)
+    # Same mixer and parameter count, another task length: its own cell, not merged into the first.
+    assert (other["value"], other["runs"], other["setting"]) == (3.0, 1, "task.seq_len=128")
 
 
 def test_headless_chromium_renders_the_report(report: tuple[Path, Path], tmp_path: Path) -> None:

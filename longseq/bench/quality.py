@@ -53,7 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
-from longseq.bench.report import best_runs
+from longseq.bench.ranking import RUNNER_TRAIN_FIELDS, format_value, rank_runs
 from longseq.mixers import Pattern, available, mixer_class
 from longseq.mixers.base import hyper_names
 from longseq.models.config import ModelConfig, parse_layer_pattern
@@ -66,7 +66,6 @@ from longseq.train.trainer import latest_checkpoint
 SUITES_PACKAGE = "longseq.bench"
 SUITES_DIR = "suites"
 ALL_MIXERS = "all"
-RUNNER_TRAIN_FIELDS = ("out_dir", "time_budget_s")
 """Training fields the runner sets for each run; suites and grids may not set them, run keys leave them out."""
 RESERVED_MODEL_FIELDS = ("vocab_size", "layers", "mixer_hypers")
 """Model fields a grid may not set: the task gives the vocabulary, ``mixers`` the layers, ``<mixer>.<hyper>``
@@ -373,10 +372,6 @@ def load_suite(name_or_path: str | Path) -> QualitySuite:
 # Planning: cells and runs
 
 
-def _format_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 @dataclass(frozen=True)
 class Cell:
     """One task x one mixer (layer pattern) x one grid point without the learning rate.
@@ -390,9 +385,9 @@ class Cell:
 
     @property
     def label(self) -> str:
-        params = ", ".join(f"{k}={_format_value(v)}" for k, v in self.task.params.items())
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in self.task.params.items())
         parts = [f"{self.task.name}({params})", self.mixer]
-        parts += [f"{k}={_format_value(v)}" for k, v in self.settings if not k.startswith("task.")]
+        parts += [f"{k}={format_value(v)}" for k, v in self.settings if not k.startswith("task.")]
         return " | ".join(parts)
 
     def __str__(self) -> str:
@@ -661,98 +656,10 @@ def run_quality(
 # Leaderboard
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else tree}
-
-
-def _cell_identity(run: dict[str, Any]) -> dict[str, Any]:
-    """A run's config without what varies inside a cell (the learning rate) or per run (runner fields)."""
-    config = dict(run["config"])
-    train = {k: v for k, v in config.get("train", {}).items() if k not in ("lr", *RUNNER_TRAIN_FIELDS)}
-    return {**config, "train": train}
-
-
-# Leaderboard columns of their own; the remaining varying settings go into "setting".
-_OWN_COLUMNS = ("model.layers", "model.d_model")
-
-
-def _settings(rows: list[dict[str, Any]], flats: list[dict[str, Any]]) -> list[str]:
-    """Per row, the config values that vary among rows (mixer hypers: among rows of the same mixer)."""
-    keys = sorted({k for flat in flats for k in flat} - set(_OWN_COLUMNS))
-
-    def varies(key: str, among: list[int]) -> bool:
-        return len({json.dumps(flats[i].get(key), sort_keys=True) for i in among}) > 1
-
-    everyone = list(range(len(rows)))
-    out = []
-    for row, flat in zip(rows, flats, strict=True):
-        same_mixer = [j for j in everyone if rows[j]["mixer"] == row["mixer"]]
-        shown = []
-        for key in keys:
-            hyper = key.startswith("model.mixer_hypers.")
-            if key in flat and varies(key, same_mixer if hyper else everyone):
-                name = key.removeprefix("model.mixer_hypers.").removeprefix("model.").removeprefix("train.")
-                shown.append(f"{name}={_format_value(flat[key])}")
-        out.append(" ".join(shown))
-    return out
-
-
 def leaderboard(store: ResultsStore, suite: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
-    """The best completed run over learning rates of each cell (Zoology's protocol), ranked per task.
-
-    A cell = the run's full config without ``lr``, ``out_dir`` and ``time_budget_s``, so it tells apart task
-    parameters (MQAR's ``seq_len``), model sizes and mixer hypers. Selection (primary metric, its direction,
-    completed runs only) is ``longseq.bench.report.best_runs``. Row keys: task, setting (the config values that
-    vary among the rows, e.g. ``task.seq_len=64``), mixer, d_model, lr (of the best run), metric, value,
-    n_params, state_floats, wall_time_s, tokens_per_s, runs (how many runs the best is over), run_id,
-    stopped_by. Rows are ranked by task, then the task's settings, then best value first.
-    """
-    runs = store.runs(suite=suite, task=task)
-    keyed = [{**run, "task": json.dumps(_cell_identity(run), sort_keys=True)} for run in runs]
-    rows: list[dict[str, Any]] = []
-    for entries in best_runs(keyed).values():
-        for entry in entries:
-            run = entry.run
-            config = run["config"]
-            rows.append(
-                {
-                    "task": config.get("task", {}).get("name", "?"),
-                    "mixer": run["mixer"],
-                    "d_model": config.get("model", {}).get("d_model"),
-                    "lr": config.get("train", {}).get("lr"),
-                    "metric": entry.metric,
-                    "value": entry.value,
-                    "n_params": run["n_params"],
-                    "state_floats": run["state_floats"],
-                    "wall_time_s": run["wall_time_s"],
-                    "tokens_per_s": run["tokens_per_s"],
-                    "runs": entry.n_runs,
-                    "run_id": run["run_id"],
-                    "stopped_by": (run["metrics"] or {}).get("stopped_by"),
-                    "_identity": _cell_identity(run),
-                }
-            )
-    flats = [_flatten(row.pop("_identity")) for row in rows]
-    for row, setting in zip(rows, _settings(rows, flats), strict=True):
-        row["setting"] = setting
-    task_params = [tuple(_sortable(flat[k]) for k in sorted(flat) if k.startswith("task.")) for flat in flats]
-    order = sorted(
-        range(len(rows)),
-        key=lambda i: (rows[i]["task"], task_params[i], rows[i]["metric"], -rows[i]["value"], rows[i]["mixer"]),
-    )
-    return [rows[i] for i in order]
-
-
-def _sortable(value: Any) -> tuple[int, Any]:
-    """Numbers before, and apart from, everything else, so mixed values sort without a TypeError."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, value)
-    return (1, str(value))
+    """The best completed run over learning rates of each cell (Zoology's protocol), ranked per task: see
+    ``longseq.bench.ranking.rank_runs`` for what a cell is and the row keys."""
+    return rank_runs(store.runs(suite=suite, task=task))
 
 
 def _cell_text(value: Any, digits: int = 4) -> str:

@@ -3,8 +3,8 @@
 Every section appears when the store has data for it and otherwise says so in one line. The HTML embeds its
 figures as ``data:`` URIs and its style inline, so it opens anywhere, offline, as a single file.
 
-Quality runs are ranked by their *primary metric*: ``metrics["primary_metric"]`` names the key of ``metrics``
-that holds it (default ``"accuracy"``); names containing loss/perplexity/ppl/error/mse rank lower-is-better.
+Quality runs are ranked by ``longseq.bench.ranking.rank_runs``: the best run over learning rates of each cell,
+by the run's primary metric.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 # The object-oriented Figure with an explicit Agg canvas renders headless without pyplot, so importing this
 # module never switches the global matplotlib backend of the caller's process.
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from longseq.bench.ranking import primary_metric, rank_runs
 from longseq.results.provenance import utc_now_iso
 from longseq.results.store import ResultsStore
 
@@ -33,7 +33,6 @@ EFFICIENCY_METRICS = ("time", "memory")
 EFFICIENCY_KEYS = ("label", "baseline", "mode", "metric", "length", "note")
 # Point attributes that, when they vary among the points of one plot, become part of each line's name.
 _SERIES_DIMENSIONS = ("pattern", "dtype", "device", "batch", "d_model")
-_LOWER_IS_BETTER_HINTS = ("loss", "perplexity", "ppl", "error", "mse")
 _ERROR_CHARS = 160
 _NONE = "—"
 
@@ -62,18 +61,6 @@ class Section:
     title: str
     level: int = 2
     blocks: list[str | Table | Plot] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class BestRun:
-    """The best run of one (task, mixer, n_params, metric) group, over learning rates and repeats."""
-
-    task: str
-    mixer: str
-    metric: str
-    value: float
-    n_runs: int
-    run: dict[str, Any]
 
 
 # ----- formatting -----
@@ -139,17 +126,17 @@ def _line_plot(series: dict[str, dict[int, float]], *, title: str, xlabel: str, 
     return _png(fig)
 
 
-def _scatter_plot(best: list[BestRun], *, title: str) -> bytes:
+def _scatter_plot(rows: list[dict], *, title: str) -> bytes:
     """Metric against recurrent state size (log x), one colour per mixer: Zoology's recall-memory plot."""
     fig = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    by_mixer: dict[str, list[BestRun]] = defaultdict(list)
-    for entry in best:
-        by_mixer[entry.mixer].append(entry)
+    by_mixer: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_mixer[row["mixer"]].append(row)
     for mixer, entries in sorted(by_mixer.items()):
-        ax.scatter([e.run["state_floats"] for e in entries], [e.value for e in entries], label=mixer, s=30)
+        ax.scatter([e["state_floats"] for e in entries], [e["value"] for e in entries], label=mixer, s=30)
     ax.set_xscale("log")
-    ax.set(title=title, xlabel="state size (floats per sequence)", ylabel=best[0].metric)
+    ax.set(title=title, xlabel="state size (floats per sequence)", ylabel=rows[0]["metric"])
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     return _png(fig)
@@ -269,90 +256,53 @@ def _failed_section(points: list[dict]) -> Section:
 # ----- quality sections -----
 
 
-def _primary_metric(metrics: dict | None) -> tuple[str, float] | None:
-    if not metrics:
-        return None
-    name = metrics.get("primary_metric", "accuracy")
-    value = metrics.get(name) if isinstance(name, str) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return name, float(value)
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a metric name reads as a cost (loss, perplexity, error) rather than a score."""
-    return any(hint in metric.lower() for hint in _LOWER_IS_BETTER_HINTS)
-
-
-def _find_key(tree: Any, key: str) -> Any:
-    """The first value under ``key`` in a nested dict, depth first; None when absent."""
-    if not isinstance(tree, dict):
-        return None
-    if key in tree:
-        return tree[key]
-    for child in tree.values():
-        found = _find_key(child, key)
-        if found is not None:
-            return found
-    return None
-
-
-def best_runs(runs: list[dict]) -> dict[str, list[BestRun]]:
-    """Per task, the best completed run of each (mixer, n_params, metric) group, best first."""
-    groups: dict[tuple[str, str, int, str], list[tuple[float, dict]]] = defaultdict(list)
-    for run in runs:
-        scored = _primary_metric(run["metrics"]) if run["status"] == "completed" else None
-        if scored is not None:
-            metric, value = scored
-            groups[(run["task"], run["mixer"], run["n_params"], metric)].append((value, run))
-    by_task: dict[str, list[BestRun]] = defaultdict(list)
-    for (task, mixer, _, metric), scored_runs in groups.items():
-        pick = min if lower_is_better(metric) else max
-        value, run = pick(scored_runs, key=lambda pair: pair[0])
-        by_task[task].append(BestRun(task, mixer, metric, value, len(scored_runs), run))
-    for entries in by_task.values():
-        entries.sort(key=lambda e: (e.metric, e.value if lower_is_better(e.metric) else -e.value))
-    return dict(sorted(by_task.items()))
-
-
-def _leaderboard_sections(runs: list[dict], best: dict[str, list[BestRun]]) -> list[Section]:
+def _leaderboard_sections(runs: list[dict], ranked: list[dict]) -> list[Section]:
     section = Section("Quality leaderboard")
-    if not best:
+    if not ranked:
         section.blocks.append("No data: no completed run has a primary metric.")
         return [section]
-    section.blocks.append("Best completed run per mixer and size, over learning rates (runs = how many).")
+    section.blocks.append("Best completed run per cell (task settings, mixer, size), over learning rates "
+                          "(runs = how many).")
     sections = [section]
-    headers = ["mixer", "metric", "best", "lr", "runs", "n_params", "state_floats", "wall time (s)", "tokens/s"]
-    for task, entries in best.items():
-        rows = [
+    with_setting = any(row["setting"] for row in ranked)
+    headers = ["mixer", *(["setting"] if with_setting else []), "d_model", "metric", "best", "lr", "runs",
+               "n_params", "state_floats", "wall time (s)", "tokens/s"]
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for row in ranked:
+        by_task[row["task"]].append(row)
+    for task, rows in by_task.items():
+        table = [
             [
-                e.mixer,
-                e.metric,
-                _fmt(e.value),
-                _fmt(_find_key(e.run["config"], "lr")),
-                str(e.n_runs),
-                _fmt(e.run["n_params"]),
-                _fmt(e.run["state_floats"]),
-                _fmt(e.run["wall_time_s"]),
-                _fmt(e.run["tokens_per_s"]),
+                row["mixer"],
+                *([row["setting"]] if with_setting else []),
+                _fmt(row["d_model"]),
+                row["metric"],
+                _fmt(row["value"]),
+                _fmt(row["lr"]),
+                str(row["runs"]),
+                _fmt(row["n_params"]),
+                _fmt(row["state_floats"]),
+                _fmt(row["wall_time_s"]),
+                _fmt(row["tokens_per_s"]),
             ]
-            for e in entries
+            for row in rows
         ]
-        sections.append(Section(f"Task: {task}", level=3, blocks=[Table(headers, rows)]))
-    unscored = sum(1 for r in runs if r["status"] == "completed" and _primary_metric(r["metrics"]) is None)
+        sections.append(Section(f"Task: {task}", level=3, blocks=[Table(headers, table)]))
+    unscored = sum(1 for r in runs if r["status"] == "completed" and primary_metric(r["metrics"]) is None)
     if unscored:
         section.blocks.append(f"{unscored} completed run(s) have no primary metric and are not ranked.")
     return sections
 
 
-def _recall_memory_section(best: dict[str, list[BestRun]]) -> Section:
+def _recall_memory_section(ranked: list[dict]) -> Section:
     section = Section("Accuracy vs state size")
-    for task, entries in best.items():
-        sized = [e for e in entries if e.run["state_floats"]]
-        for metric in sorted({e.metric for e in sized}):
-            chosen = [e for e in sized if e.metric == metric]
-            png = _scatter_plot(chosen, title=f"{task}: {metric} vs state size")
-            section.blocks.append(Plot(f"quality-{_slug(task)}-{_slug(metric)}", f"{task}: {metric} vs state", png))
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in ranked:
+        if row["state_floats"]:
+            groups[(row["task"], row["metric"])].append(row)
+    for (task, metric), rows in sorted(groups.items()):
+        png = _scatter_plot(rows, title=f"{task}: {metric} vs state size")
+        section.blocks.append(Plot(f"quality-{_slug(task)}-{_slug(metric)}", f"{task}: {metric} vs state", png))
     if not section.blocks:
         section.blocks.append("No data: no completed run has both a primary metric and a state size.")
     return section
@@ -477,7 +427,7 @@ def _check_efficiency_rows(rows: list[dict] | None) -> None:
 def build_sections(points: list[dict], runs: list[dict], efficiency_rows: list[dict] | None) -> list[Section]:
     """Every report section from one bench's speed points, all runs, and precomputed efficiency lengths."""
     ok_points = [p for p in points if p["status"] == "ok"]
-    best = best_runs(runs)
+    ranked = rank_runs(runs)
     return [
         _provenance_section(points, runs),
         *_time_sections(ok_points),
@@ -486,8 +436,8 @@ def build_sections(points: list[dict], runs: list[dict], efficiency_rows: list[d
         _state_section(points),
         _efficiency_section(efficiency_rows),
         _failed_section(points),
-        *_leaderboard_sections(runs, best),
-        _recall_memory_section(best),
+        *_leaderboard_sections(runs, ranked),
+        _recall_memory_section(ranked),
     ]
 
 
