@@ -18,7 +18,7 @@ from longseq.mixers import Mixer, Pattern, register
 _CHUNK_BYTES = 32 * 2**20
 _HOG_LIMIT_BYTES = 64 * 2**30  # never reached: the watchdog kills the child far earlier
 # ``quadratic`` holds this many bytes per L^2 while it runs: 16 MiB at L=32, 1 GiB at L=256.
-QUADRATIC_BYTES_PER_L2 = 2**14
+QUADRATIC_BYTES_PER_L2 = 2**17
 
 Fault = Literal["none", "raise", "abort", "hog", "sleep", "quadratic"]
 
