@@ -18,7 +18,8 @@ from rich.table import Table
 
 app = typer.Typer(help="longseq: sub-quadratic token mixers, tasks, training and benchmarks.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-console = Console()
+# Piped output (logs, CI) gets a wide console so tables keep their columns instead of wrapping to 80.
+console = Console(width=None if sys.stdout.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
