@@ -9,32 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import pydantic
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from longseq.userinput import describe_error, parse_scalar
 
 app = typer.Typer(help="longseq: sub-quadratic token mixers, tasks, training and benchmarks.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 # Piped output (logs, CI) gets a wide console so tables keep their columns instead of wrapping to 80.
 console = Console(width=None if sys.stdout.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def describe_error(e: BaseException) -> str:
-    """One line for the user: pydantic errors as 'field: message (got value)', others as their message."""
-    if isinstance(e, pydantic.ValidationError):
-        parts = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if where and not isinstance(err.get("input"), dict) else ""
-            parts.append(f"{where}: {msg}{got}" if where else msg)
-        return "; ".join(parts)
-    text = str(e).strip() or type(e).__name__
-    return " ".join(text.split("\n"))
 
 
 def cli_errors(fn: F) -> F:
@@ -61,7 +47,7 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"{what} {item!r} must look like KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_scalar(value)
     return out
 
 

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-from longseq.bench.memory import current_bytes, rss_bytes, track_peak_memory
+from longseq.bench.memory import current_bytes, format_bytes, rss_bytes, track_peak_memory
 
 # Decode: single steps timed at most this many times (a cache grows with every step); the state is preallocated
 # for the context plus these steps and the warm-up steps.
@@ -302,10 +302,6 @@ class Outcome:
     signal_name: str | None = None
 
 
-def _format_bytes(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 class Worker:
     """A child process measuring the points of one ``PointJob``; ``run(L)`` one point at a time.
 
@@ -375,8 +371,8 @@ class Worker:
             if self.max_rss_bytes is not None and rss is not None and rss > self.max_rss_bytes:
                 self.kill()
                 return Outcome("killed", detail=(
-                    f"killed by the memory watchdog: resident memory {_format_bytes(rss)} exceeded "
-                    f"max_memory {_format_bytes(self.max_rss_bytes)}"))
+                    f"killed by the memory watchdog: resident memory {format_bytes(rss)} exceeded "
+                    f"max_memory {format_bytes(self.max_rss_bytes)}"))
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
                 return Outcome("timeout", detail=f"killed after the point's timeout of {timeout_s:g} s")

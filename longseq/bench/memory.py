@@ -146,6 +146,11 @@ class _RssSampler(threading.Thread):
         return max(self.peak, rss_bytes() or 0)
 
 
+def format_bytes(n: float) -> str:
+    """``1.50 GiB`` / ``512.0 MiB``: how memory figures are shown in rows and messages."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def current_bytes(device: torch.device | str = "cpu") -> int | None:
     """Memory in use now: the CUDA allocator's allocated bytes, or this process's resident memory after handing
     free heap pages back (None without /proc)."""

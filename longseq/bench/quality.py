@@ -39,7 +39,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from longseq.tasks import available_tasks
 from longseq.train.config import TrainConfig
 from longseq.train.experiment import ExperimentConfig, TaskSpec, run_experiment
 from longseq.train.trainer import latest_checkpoint
+from longseq.userinput import coerce_number, describe_error, parse_scalar
 
 SUITES_PACKAGE = "longseq.bench"
 SUITES_DIR = "suites"
@@ -70,8 +70,6 @@ ALL_MIXERS = "all"
 RESERVED_MODEL_FIELDS = ("vocab_size", "layers", "mixer_hypers")
 """Model fields a grid may not set: the task gives the vocabulary, ``mixers`` the layers, ``<mixer>.<hyper>``
 keys the hypers."""
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_REPR_LIMIT = 60
 
 
 class QualitySuiteError(ValueError):
@@ -80,20 +78,6 @@ class QualitySuiteError(ValueError):
 
 # ----------------------------------------------------------------------------------------------------------
 # Grid keys and values
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
-
-
-def _scalar(value: Any) -> Any:
-    """A grid value as a plain scalar: YAML 1.1 reads ``1e-3`` (no dot) as a string, so number-like strings
-    become numbers."""
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        number = float(value)
-        return int(number) if number.is_integer() and not re.search(r"[.eE]", value) else number
-    return value
 
 
 def _train_fields() -> list[str]:
@@ -170,12 +154,12 @@ def parse_grid(items: Sequence[str], *, mixer_names: Iterable[str] = ()) -> dict
             if not text.strip():
                 raise QualitySuiteError(f"grid item {item!r} has an empty value; separate values with single commas")
             try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                raise QualitySuiteError(f"grid item {item!r}: value {text!r} is not a YAML scalar") from None
-            if isinstance(value, dict | list) or value is None:
+                value = parse_scalar(text)
+            except ValueError as error:
+                raise QualitySuiteError(f"grid item {item!r}: {error}") from None
+            if value is None:
                 raise QualitySuiteError(f"grid item {item!r}: value {text!r} must be a number, string or bool")
-            parsed.append(_scalar(value))
+            parsed.append(value)
         grid[key] = parsed
     return grid
 
@@ -252,7 +236,7 @@ class QualitySuite(BaseModel):
     def _grid_scalars(cls, grid: Any) -> Any:
         if isinstance(grid, dict):
             return {
-                key: [_scalar(v) for v in values] if isinstance(values, list) else values
+                key: [coerce_number(v) for v in values] if isinstance(values, list) else values
                 for key, values in grid.items()
             }
         return grid
@@ -312,20 +296,6 @@ def _check_train_value(key: str, value: Any) -> None:
         pydantic.TypeAdapter(annotation).validate_python(value)
     except pydantic.ValidationError as error:
         raise ValueError(f"grid.{key}={value!r}: {describe_error(error)}") from None
-
-
-def describe_error(error: BaseException) -> str:
-    """One line: pydantic errors as ``field: message``, others as their message."""
-    if isinstance(error, pydantic.ValidationError):
-        parts = []
-        for item in error.errors(include_url=False):
-            where = ".".join(str(p) for p in item["loc"])
-            message = str(item["msg"]).removeprefix("Value error, ")
-            if item["type"] == "extra_forbidden":
-                message = f"unknown field (value {_short(item['input'])})"
-            parts.append(f"{where}: {message}" if where else message)
-        return " ".join("; ".join(parts).split())
-    return " ".join((str(error).strip() or type(error).__name__).split())
 
 
 def _shipped_suite_files() -> dict[str, Any]:

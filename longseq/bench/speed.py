@@ -29,11 +29,12 @@ import torch
 
 from longseq.bench.fit import fit_loglog
 from longseq.bench.isolate import DTYPES, Outcome, PointJob, Worker, import_extension
-from longseq.bench.memory import total_ram_bytes
+from longseq.bench.memory import format_bytes, total_ram_bytes
 from longseq.mixers import Mode, Pattern, PatternNotSupported, build, mixer_class, validate_hypers
 from longseq.mixers.base import hyper_names
 from longseq.results.provenance import collect_provenance
 from longseq.results.store import ResultsStore
+from longseq.userinput import parse_scalar
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +78,6 @@ class MixerSpec:
     hypers: dict[str, Any]
 
 
-def _parse_value(text: str) -> Any:
-    """``8`` -> 8, ``0.5`` -> 0.5, ``true``/``false`` -> bool, ``none``/``null`` -> None, quotes stripped,
-    anything else a string (the registry then checks it against the hyper's type)."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            continue
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
-
-
 def parse_mixer_spec(text: str) -> MixerSpec:
     """Parse ``NAME`` or ``NAME[key=value,...]`` and check the mixer and hypers against the registry.
 
@@ -120,7 +103,10 @@ def parse_mixer_spec(text: str) -> MixerSpec:
             raise SpeedBenchError(f"mixer spec {text!r}: hyper {key!r} is given twice")
         if key in _RESERVED_HYPERS:
             raise SpeedBenchError(f"mixer spec {text!r}: {key!r} is set by the bench's patterns option, not the spec")
-        hypers[key] = _parse_value(value)
+        try:
+            hypers[key] = parse_scalar(value)
+        except ValueError as error:
+            raise SpeedBenchError(f"mixer spec {text!r}: {key}: {error}") from None
     name = match.group("name")
     return MixerSpec(label=spec, mixer=name, hypers=_validated_hypers(name, hypers, spec))
 
@@ -210,10 +196,6 @@ def _check_options(*, lengths: Sequence[int], modes: Sequence[str], patterns: Se
 # The bench
 
 
-def _format_bytes(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 @dataclasses.dataclass
 class _Group:
     """The points of one (spec, pattern, mode), measured in increasing length."""
@@ -248,9 +230,9 @@ class _MemoryHistory:
         if self.baseline + predicted <= limit:
             return None
         return (
-            f"predicted peak memory {_format_bytes(predicted)} (log-log fit over L={lengths}, exponent "
-            f"{fit.exponent:.2f}) on top of {_format_bytes(self.baseline)} already in use exceeds max_memory "
-            f"{_format_bytes(limit)}"
+            f"predicted peak memory {format_bytes(predicted)} (log-log fit over L={lengths}, exponent "
+            f"{fit.exponent:.2f}) on top of {format_bytes(self.baseline)} already in use exceeds max_memory "
+            f"{format_bytes(limit)}"
         )
 
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from longseq.results.provenance import utc_now_iso
+from longseq.userinput import short_repr
 
 SCHEMA_VERSION = 1
 
@@ -49,7 +50,6 @@ PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "torch_version", "cpu_model", "
 _JSON_COLUMNS = ("config", "metrics", "provenance", "hypers")
 # Columns the store computes itself; an imported row's copies of them are dropped and recomputed.
 _DERIVED_COLUMNS = ("id", "row_key", *PROVENANCE_COLUMNS)
-_REPR_LIMIT = 80
 
 _Record = TypeVar("_Record", bound=BaseModel)
 
@@ -125,11 +125,6 @@ def default_store_path() -> Path:
     return Path(override).expanduser() if override else Path("longseq-results") / "results.db"
 
 
-def _short_repr(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
-
-
 def _validated(model: type[_Record], fields: dict[str, Any], what: str) -> _Record:
     """``model(**fields)``, with pydantic's errors rewritten as one line naming keys, values and allowed."""
     try:
@@ -143,7 +138,7 @@ def _validated(model: type[_Record], fields: dict[str, Any], what: str) -> _Reco
             elif error["type"] == "missing":
                 problems.append(f"missing key {where!r}")
             elif where:
-                problems.append(f"{where}={_short_repr(error['input'])}: {error['msg']}")
+                problems.append(f"{where}={short_repr(error['input'])}: {error['msg']}")
             else:
                 problems.append(error["msg"].removeprefix("Value error, "))
         message = f"invalid {what}: " + "; ".join(problems)
