@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from longseq.mixers.base import Pattern
 from longseq.models.backbone import Backbone
 from longseq.models.config import ModelConfig
-from longseq.models.lm import LMOutput, cross_entropy, init_weights
+from longseq.models.lm import LMOutput, cross_entropy, init_embedding
 
 
 class SequenceClassifier(nn.Module):
@@ -28,7 +28,7 @@ class SequenceClassifier(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.backbone = Backbone(config, pattern=Pattern.parse(pattern))
         self.head = nn.Linear(config.d_model, num_classes)
-        self.embed.apply(init_weights)
+        init_embedding(self.embed)
 
     def pool(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
         """hidden: (B, L, D), mask: bool (B, L) -> (B, D)."""

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from longseq.mixers.base import Pattern
 from longseq.models.backbone import Backbone
 from longseq.models.config import ModelConfig
-from longseq.models.lm import LMOutput, autoregress, init_weights, supervised_output
+from longseq.models.lm import LMOutput, autoregress, init_embedding, supervised_output
 
 
 class EncoderDecoder(nn.Module):
@@ -21,7 +21,7 @@ class EncoderDecoder(nn.Module):
         self.encoder = Backbone(config, pattern=Pattern.NONCAUSAL_SELF)
         self.decoder = Backbone(decoder or config, pattern=Pattern.CAUSAL_SELF, cross=True)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.embed.apply(init_weights)
+        init_embedding(self.embed)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 

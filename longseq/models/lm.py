@@ -27,10 +27,10 @@ class LMOutput:
     example_index: Tensor | None = None
 
 
-def init_weights(module: nn.Module) -> None:
-    """GPT-2 style init for embeddings and the model's own linears; mixers keep their own (SSMs need theirs)."""
-    if isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=0.02)
+def init_embedding(embed: nn.Embedding) -> None:
+    """GPT-2's N(0, 0.02) token embedding (PyTorch's N(0, 1) is too large for a tied output head). Mixers and the
+    MLP keep their own initialisation (SSMs need theirs)."""
+    nn.init.normal_(embed.weight, std=0.02)
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -56,7 +56,7 @@ class CausalLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.backbone = Backbone(config, pattern=Pattern.CAUSAL_SELF)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.embed.apply(init_weights)
+        init_embedding(self.embed)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 
