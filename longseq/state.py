@@ -56,6 +56,17 @@ class State:
         """Cut the autograd history (truncated backpropagation through time)."""
         return self._map(Tensor.detach)
 
+    def tensors(self) -> list[Tensor]:
+        """Every tensor the traversal reaches (what ``select``, ``to`` and ``detach`` act on), buffers whole."""
+        found: list[Tensor] = []
+
+        def collect(t: Tensor) -> Tensor:
+            found.append(t)
+            return t
+
+        self._map(collect)
+        return found
+
     def logical_tensors(self) -> Iterator[Tensor]:
         """The tensors that hold the state's content. Preallocated caches override this to yield filled views."""
         for f in dataclasses.fields(self):

@@ -78,3 +78,20 @@ def test_selected_state_decodes_like_the_original_rows():
     y_all, _ = m.step(x[:, 5], state.select([0, 1, 2]))
     y_sel, _ = m.step(x[[2, 0], 5], state.select([2, 0]))
     torch.testing.assert_close(y_sel, y_all[[2, 0]])
+
+
+def test_appends_under_autograd_keep_earlier_graphs_intact():
+    """Chunk 1's attention saved views of the cache for its backward; chunk 2's append must not overwrite them."""
+    cache = FullCache.empty(2, 2, 4, 4, max_len=8)
+    k1, v1 = (t.requires_grad_(True) for t in _kv(t=3))
+    cache.append(k1, v1)
+    first = (cache.keys() * 2).sum()
+    k2, v2 = _kv(t=2)
+    cache.append(k2, v2)
+    (grad,) = torch.autograd.grad(first + cache.keys().sum(), k1)
+    torch.testing.assert_close(grad, torch.full_like(k1, 3.0))
+    with torch.no_grad():  # back to in-place writes, within max_len
+        cache.append(*_kv(t=3))
+    assert cache.length == 8
+    with pytest.raises(ValueError, match="exceeds max_len=8"):
+        cache.append(*_kv(t=1))

@@ -19,7 +19,8 @@ class FullCache(State):
     """k_buf: (B, H, capacity, dk), v_buf: (B, H, capacity, dv), valid_buf: bool (B, capacity).
 
     Positions ``[0, length)`` are filled. With ``max_len`` the buffers are allocated once at that size and an append
-    beyond it raises; without, they double when full (amortised O(1) per token, never a per-token copy).
+    beyond it raises; without, they double when full (amortised O(1) per token, never a per-token copy). Appends
+    that autograd tracks concatenate instead of writing in place (see ``append``).
     """
 
     k_buf: Tensor
@@ -48,16 +49,24 @@ class FullCache(State):
     def append(self, k: Tensor, v: Tensor, valid: Tensor | None = None) -> None:
         t = k.shape[2]
         end = self.length + t
-        if end > self.capacity:
-            if self.max_len is not None:
-                raise ValueError(
-                    f"FullCache: appending {t} positions to {self.length} exceeds max_len={self.max_len}"
-                )
-            self._grow(max(end, 2 * self.capacity))
-        self.k_buf[:, :, self.length:end] = k
-        self.v_buf[:, :, self.length:end] = v
-        self.valid_buf[:, self.length:end] = True if valid is None else valid
-        self.all_valid = self.all_valid and (valid is None or bool(valid.all()))
+        if self.max_len is not None and end > self.max_len:
+            raise ValueError(f"FullCache: appending {t} positions to {self.length} exceeds max_len={self.max_len}")
+        valid = torch.ones(k.shape[0], t, dtype=torch.bool, device=k.device) if valid is None else valid
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k_buf.requires_grad):
+            # Under autograd an earlier chunk's attention saved views of the buffers for its backward: writing into
+            # them would corrupt that graph (gradients through the state, for truncated BPTT). Concatenate instead;
+            # the graph holds every chunk's keys anyway, so this costs no more memory than training does.
+            self.k_buf = torch.cat([self.keys(), k], dim=2)
+            self.v_buf = torch.cat([self.values(), v], dim=2)
+            self.valid_buf = torch.cat([self.valid(), valid], dim=1)
+        else:
+            if end > self.capacity:
+                grown = max(end, 2 * self.capacity)
+                self._grow(grown if self.max_len is None else min(grown, self.max_len))
+            self.k_buf[:, :, self.length:end] = k
+            self.v_buf[:, :, self.length:end] = v
+            self.valid_buf[:, self.length:end] = valid
+        self.all_valid = self.all_valid and bool(valid.all())
         self.length = end
 
     def _grow(self, capacity: int) -> None:

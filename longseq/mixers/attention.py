@@ -131,7 +131,9 @@ class Attention(Mixer):
                     max_len: int | None) -> State:
         if self.pattern.is_cross:
             k, v = self._memory(context)
-            return CrossAttentionState(k=k, v=v, valid=context_mask)
+            # The mask is copied: the caller may reuse its tensor once init_state returns.
+            valid = None if context_mask is None else context_mask.clone()
+            return CrossAttentionState(k=k, v=v, valid=valid)
         device, dtype = self._device(), self._dtype()
         cache = FullCache.empty(batch_size, self.n_heads, self.head_dim, self.head_dim, max_len=max_len,
                                 device=device, dtype=dtype)

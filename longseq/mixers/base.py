@@ -117,6 +117,13 @@ class Mixer(nn.Module):
         test_hypers: small settings for the contract suite; each window/chunk/landmark count below L/2.
         exact_stream: False only for lossy caches, where streaming equals forward only within ``stream_bound``
             (max abs difference, float64).
+        float32_len, float32_tolerance: the contract runs the mixer in float32 at this length and requires its
+            outputs within this relative error of float64; a mixer whose known risk is overflow at longer lengths
+            declares a longer ``float32_len``.
+        stochastic_in_training: True only where randomness in ``train()`` is the method (Performer's redrawn
+            features, kernel dropout): the train-mode checks are then skipped.
+        exact_gradients: False only for surrogate gradients (straight-through estimators): the finite-difference
+            gradient checks are then skipped.
     """
 
     name: ClassVar[str] = "mixer"
@@ -126,6 +133,10 @@ class Mixer(nn.Module):
     test_hypers: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     exact_stream: ClassVar[bool] = True
     stream_bound: ClassVar[float] = 0.0
+    float32_len: ClassVar[int] = 512
+    float32_tolerance: ClassVar[float] = 1e-4
+    stochastic_in_training: ClassVar[bool] = False
+    exact_gradients: ClassVar[bool] = True
 
     @classmethod
     def supported_patterns(cls, **hyper: Any) -> frozenset[Pattern]:

@@ -18,7 +18,7 @@ from torch import Tensor
 AttentionImpl = Literal["sdpa", "math"]
 
 
-def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, q_valid: Tensor | None = None,
+def softmax_attention_ref(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, q_valid: Tensor | None = None,
                   k_valid: Tensor | None = None, scale: float | None = None) -> Tensor:
     """The oracle: one query at a time, an explicit list of visible keys, a hand-written softmax."""
     b, h, lq, d = q.shape

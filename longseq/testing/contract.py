@@ -1,44 +1,52 @@
-"""The Mixer contract as executable checks (DESIGN.md §4).
+"""The Mixer contract as executable checks (docs/design.md §4).
 
-Each ``check_*`` takes a mixer instance (in eval mode, float64 unless stated) and raises ``AssertionError`` with a
-message saying what broke. ``tests/test_mixer_contract.py`` runs them over the registry; a mixer written outside
-longseq can run them on itself. Sizes are small (d_model 16, L 32) so the whole registry checks in seconds.
+Each ``check_*`` takes a mixer instance (float64, ``eval()``, built with the mixer's ``test_hypers``) and raises
+``AssertionError`` with a message saying what broke. ``CHECKS`` lists them with the patterns they apply to;
+``tests/test_mixer_contract.py`` runs each over the registry, and ``longseq.testing.check_mixer`` runs them all on
+one mixer and reports every failure. Each check compares against the baseline closest to the property it tests
+(interleaved streams against each stream alone, a stream with overwritten inputs against the same stream without,
+...), so that one bug fails the checks about it and not every check that happens to stream.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from longseq.mixers.base import Mixer, ModeNotSupported, SequenceTooLong
+from longseq.mixers.base import Mixer, ModeNotSupported, Pattern, SequenceTooLong
 from longseq.state import State
+from longseq.testing.inputs import (
+    SIZES,
+    MaskLayout,
+    Sizes,
+    all_splits,
+    layout_masks,
+    long_splits,
+    make_inputs,
+    mixed_schedules,
+    padded_batch,
+    random_splits,
+    run_schedule,
+    step_all,
+    stream,
+)
 
 EXACT_ATOL = 1e-9  # float64: streaming, padding and prefix results must match to rounding
 
 
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    batch: int = 2
-    seq_len: int = 32
-    ctx_len: int = 24
-
-
-def make_inputs(mixer: Mixer, sizes: Sizes, seed: int = 0,
-                dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor | None]:
-    """x: (B, L, D) and, for cross patterns, context: (B, S, D)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(sizes.batch, sizes.seq_len, mixer.d_model, generator=g, dtype=torch.float64).to(dtype)
-    ctx = None
-    if mixer.pattern.is_cross:
-        ctx = torch.randn(sizes.batch, sizes.ctx_len, mixer.d_model, generator=g, dtype=torch.float64).to(dtype)
-    return x, ctx
+def _max_err(a: Tensor, b: Tensor) -> float:
+    return (a - b).abs().max().item() if a.numel() else 0.0
 
 
 def _close(a: Tensor, b: Tensor, atol: float, what: str) -> None:
-    err = (a - b).abs().max().item() if a.numel() else 0.0
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}")
+    err = _max_err(a, b)
     assert err <= atol, f"{what}: max abs difference {err:.3e} > {atol:.1e}"
 
 
@@ -46,10 +54,25 @@ def _stream_atol(mixer: Mixer) -> float:
     return EXACT_ATOL if mixer.exact_stream else mixer.stream_bound
 
 
+def _who(mixer: Mixer) -> str:
+    return f"{mixer.name} ({mixer.pattern.value})"
+
+
+@contextlib.contextmanager
+def training_mode(mixer: Mixer) -> Iterator[Mixer]:
+    """Run the body with the mixer in ``train()``; restore its mode after."""
+    was_training = mixer.training
+    mixer.train()
+    try:
+        yield mixer
+    finally:
+        mixer.train(was_training)
+
+
 # -- 1. causality -------------------------------------------------------------------------------------------------
 
 
-def prefix_violation(mixer: Mixer, sizes: Sizes = Sizes()) -> float:
+def prefix_violation(mixer: Mixer, sizes: Sizes = SIZES) -> float:
     """Largest change of an output at i when only positions > i change (0 for a causal mixer)."""
     x, ctx = make_inputs(mixer, sizes)
     y = mixer(x, context=ctx)
@@ -59,19 +82,18 @@ def prefix_violation(mixer: Mixer, sizes: Sizes = Sizes()) -> float:
         x2 = x.clone()
         x2[:, i + 1:] = torch.randn(x2[:, i + 1:].shape, generator=g, dtype=x.dtype)
         y2 = mixer(x2, context=ctx)
-        worst = max(worst, (y2[:, : i + 1] - y[:, : i + 1]).abs().max().item())
+        worst = max(worst, _max_err(y2[:, : i + 1], y[:, : i + 1]))
         # CAB's form of the test: the output on the prefix alone.
-        y3 = mixer(x[:, : i + 1], context=ctx)
-        worst = max(worst, (y3 - y[:, : i + 1]).abs().max().item())
+        worst = max(worst, _max_err(mixer(x[:, : i + 1], context=ctx), y[:, : i + 1]))
     return worst
 
 
-def check_causal_prefix(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+def check_causal_prefix(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     v = prefix_violation(mixer, sizes)
-    assert v <= EXACT_ATOL, f"{mixer.name} ({mixer.pattern.value}): output at i changed with positions > i by {v:.3e}"
+    assert v <= EXACT_ATOL, f"{_who(mixer)}: output at i changed with positions > i by {v:.3e}"
 
 
-def check_causal_jacobian(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+def check_causal_jacobian(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     """d y_i / d x_j = 0 for j > i: for each i, the gradient of a random projection of y[:, :i+1]."""
     x, ctx = make_inputs(mixer, sizes)
     x.requires_grad_(True)
@@ -81,10 +103,10 @@ def check_causal_jacobian(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
         r = torch.randn(y[:, : i + 1].shape, generator=g, dtype=y.dtype)
         (grad,) = torch.autograd.grad((y[:, : i + 1] * r).sum(), x, retain_graph=True)
         leak = grad[:, i + 1:].abs().max().item()
-        assert leak == 0.0, f"{mixer.name} ({mixer.pattern.value}): d y[:{i + 1}] / d x[{i + 1}:] = {leak:.3e} != 0"
+        assert leak == 0.0, f"{_who(mixer)}: d y[:{i + 1}] / d x[{i + 1}:] = {leak:.3e} != 0"
 
 
-def check_noncausal_sees_future(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+def check_noncausal_sees_future(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     """The negative check: a non-causal self mixer that never looks ahead would be mislabelled (or broken)."""
     v = prefix_violation(mixer, sizes)
     assert v > 1e-6, f"{mixer.name} claims {mixer.pattern.value} but outputs never depend on later positions"
@@ -93,89 +115,206 @@ def check_noncausal_sees_future(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
 # -- 2. streaming and step ----------------------------------------------------------------------------------------
 
 
-def random_splits(length: int, seed: int) -> list[int]:
-    """Chunk sizes summing to ``length``: a mix of single tokens and longer chunks."""
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [], length
-    while left:
-        n = min(left, int(torch.randint(1, max(2, length // 3), (1,), generator=g)))
-        sizes.append(n)
-        left -= n
-    return sizes
+@torch.no_grad()
+def check_stream_matches_forward(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """Random short chunks, and chunks longer than any internal block (``long_splits``), equal ``forward``."""
+    x, ctx = make_inputs(mixer, sizes)
+    y = mixer(x, context=ctx)
+    for chunks in all_splits(sizes.seq_len):
+        _close(stream(mixer, x, ctx, chunks)[0], y, _stream_atol(mixer), f"{_who(mixer)} forward_stream {chunks}")
 
 
-def stream(mixer: Mixer, x: Tensor, ctx: Tensor | None, chunks: list[int], *, mask: Tensor | None = None,
-           context_mask: Tensor | None = None) -> tuple[Tensor, State]:
-    state = mixer.init_state(x.shape[0], context=ctx, context_mask=context_mask)
-    ys, t = [], 0
-    for n in chunks:
-        y, state = mixer.forward_stream(x[:, t:t + n], state, mask=None if mask is None else mask[:, t:t + n])
-        ys.append(y)
+@torch.no_grad()
+def check_step_matches_forward(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    x, ctx = make_inputs(mixer, sizes)
+    _close(step_all(mixer, x, ctx)[0], mixer(x, context=ctx), _stream_atol(mixer), f"{_who(mixer)} step")
+
+
+@torch.no_grad()
+def check_mixed_modes(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """A prefill with ``forward_stream`` then ``step``, ``step`` then ``forward_stream``, alternations: = forward."""
+    x, ctx = make_inputs(mixer, sizes)
+    y = mixer(x, context=ctx)
+    for schedule in mixed_schedules(sizes.seq_len):
+        ys, _ = run_schedule(mixer, x, ctx, schedule)
+        _close(ys, y, _stream_atol(mixer), f"{_who(mixer)} mixed modes {schedule}")
+
+
+@torch.no_grad()
+def check_no_aliasing(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """The caller may overwrite its inputs (x, masks, context) in place once a call returns, and earlier outputs
+    are the caller's: the results equal the same run without overwriting. Run without masks (where a mixer may
+    keep a view of x) and with all-True masks (where it may keep the mask)."""
+    for masked in (False, True):
+        _check_no_aliasing(mixer, sizes, masked)
+
+
+def _check_no_aliasing(mixer: Mixer, sizes: Sizes, masked: bool) -> None:
+    x, ctx = make_inputs(mixer, sizes)
+    schedule = mixed_schedules(sizes.seq_len)[1]
+    valid = torch.ones(x.shape[:2], dtype=torch.bool) if masked else None
+    ctx_valid = torch.ones(ctx.shape[:2], dtype=torch.bool) if masked and ctx is not None else None
+    want, _ = run_schedule(mixer, x, ctx, schedule, mask=valid, context_mask=ctx_valid)
+
+    g = torch.Generator().manual_seed(7)
+
+    def clobber(*tensors: Tensor | None) -> None:
+        for t in tensors:
+            if t is None:
+                continue
+            if t.dtype == torch.bool:
+                t.logical_not_()
+            else:
+                t.copy_(100 * torch.randn(t.shape, generator=g, dtype=t.dtype))
+
+    def fresh(t: Tensor | None, i: int, width: int) -> Tensor | None:
+        return None if t is None else t[:, i:i + width].clone()
+
+    ctx_in = None if ctx is None else ctx.clone()
+    ctx_valid_in = None if ctx_valid is None else ctx_valid.clone()
+    state = mixer.init_state(x.shape[0], context=ctx_in, context_mask=ctx_valid_in)
+    clobber(ctx_in, ctx_valid_in)
+    outputs, t = [], 0
+    for mode, n in schedule:
+        for i, width in [(t, n)] if mode == "stream" else [(j, 1) for j in range(t, t + n)]:
+            x_in, m_in = fresh(x, i, width), fresh(valid, i, width)
+            if mode == "stream":
+                y, state = mixer.forward_stream(x_in, state, mask=m_in)
+            else:
+                y_t, state = mixer.step(x_in[:, 0], state, mask_t=None if m_in is None else m_in[:, 0])
+                y = y_t[:, None]
+            outputs.append(y)
+            clobber(x_in, m_in)
         t += n
-    return torch.cat(ys, dim=1), state
+    _close(torch.cat(outputs, dim=1), want, 0.0,
+           f"{_who(mixer)}: outputs changed when the caller overwrote its inputs{' and masks' if masked else ''}, "
+           f"or an earlier output, after the call returned (a state or output aliases the caller's tensors or is "
+           f"updated in place)")
 
 
-def check_stream_matches_forward(mixer: Mixer, sizes: Sizes = Sizes(), seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+@torch.no_grad()
+def check_interleaved_streams(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """No state outside the ``State``: two streams with their own states, advanced alternately chunk by chunk (and
+    step by step), each equal the same stream run alone."""
+    (xa, ca), (xb, cb) = make_inputs(mixer, sizes, seed=0), make_inputs(mixer, sizes, seed=5)
+    schedule = mixed_schedules(sizes.seq_len)[2]
+    alone = [run_schedule(mixer, xa, ca, schedule)[0], run_schedule(mixer, xb, cb, schedule)[0]]
+    states = [mixer.init_state(xa.shape[0], context=ca), mixer.init_state(xb.shape[0], context=cb)]
+    outs: list[list[Tensor]] = [[], []]
+    t = 0
+    for mode, n in schedule:
+        for i, width in [(t, n)] if mode == "stream" else [(j, 1) for j in range(t, t + n)]:
+            for k, x in enumerate((xa, xb)):
+                ys, states[k] = run_schedule(mixer, x[:, i:i + width], None, [(mode, width)], state=states[k])
+                outs[k].append(ys)
+        t += n
+    for k, name in enumerate(("first", "second")):
+        _close(torch.cat(outs[k], dim=1), alone[k], 0.0,
+               f"{_who(mixer)}: the {name} of two interleaved streams differs from it run alone "
+               f"(state kept outside the State, e.g. on the module)")
+
+
+def _unreached_tensors(state: object, path: str = "state") -> Iterator[str]:
+    """Tensors a ``State`` holds where its traversal (``_map``: tensors, nested states, lists) cannot reach them:
+    in tuples, dicts or attributes that are not dataclass fields. ``select``, ``to`` and ``detach`` miss those."""
+    fields = {f.name for f in dataclasses.fields(state)} if dataclasses.is_dataclass(state) else set()
+    for name, value in vars(state).items():
+        where = f"{path}.{name}"
+        if name not in fields:
+            if _holds_tensor(value):
+                yield f"{where} (not a dataclass field)"
+            continue
+        for item, item_path in ([(v, f"{where}[{i}]") for i, v in enumerate(value)] if isinstance(value, list)
+                                else [(value, where)]):
+            if isinstance(item, State):
+                yield from _unreached_tensors(item, item_path)
+            elif not isinstance(item, Tensor) and _holds_tensor(item):
+                yield f"{item_path} ({type(item).__name__})"
+
+
+def _holds_tensor(value: object) -> bool:
+    if isinstance(value, Tensor | State):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    if isinstance(value, list | tuple | set):
+        return any(_holds_tensor(v) for v in value)
+    return False
+
+
+@torch.no_grad()
+def check_state_select(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """``state.select(index)`` mid-stream, then continuing, equals streaming the reordered (or reduced) batch.
+    With batch 3, so that no other dimension equals the batch: every tensor the traversal reaches has batch in
+    dim 0, and no tensor hides where the traversal cannot reach it."""
+    sizes = dataclasses.replace(sizes, batch=3)
     x, ctx = make_inputs(mixer, sizes)
-    y = mixer(x, context=ctx)
-    for seed in seeds:
-        chunks = random_splits(sizes.seq_len, seed)
-        ys, _ = stream(mixer, x, ctx, chunks)
-        _close(ys, y, _stream_atol(mixer), f"{mixer.name} ({mixer.pattern.value}) forward_stream {chunks} vs forward")
+    head = 13
+    state = mixer.init_state(3, context=ctx)
+    _, state = mixer.forward_stream(x[:, :head], state)
+    hidden = list(_unreached_tensors(state))
+    assert not hidden, f"{_who(mixer)}: state tensors out of the State's traversal: {', '.join(hidden)}"
+    wrong = [tuple(t.shape) for t in state.tensors() if t.dim() == 0 or t.shape[0] != 3]
+    assert not wrong, f"{_who(mixer)}: with batch 3, state tensors of shapes {wrong} do not have batch in dim 0"
+    rest: list[tuple[str, int]] = [("stream", 7), ("step", sizes.seq_len - head - 7)]
+    for index in ([2, 0, 1], [2, 0]):
+        selected = state.select(index)
+        got, _ = run_schedule(mixer, x[index, head:], None, rest, state=selected)
+        c = None if ctx is None else ctx[index]
+        want, _ = run_schedule(mixer, x[index], c, [("stream", head), *rest])
+        _close(got, want[:, head:], _stream_atol(mixer),
+               f"{_who(mixer)}: state.select({index}) after {head} tokens, then continuing")
 
 
-def check_step_matches_forward(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+# -- 3. padding, masks and batch independence ---------------------------------------------------------------------
+
+
+def check_padding(mixer: Mixer, layout: MaskLayout = "left", sizes: Sizes = SIZES) -> None:
+    """A padded batch equals each row's valid tokens run alone, at valid positions, in forward and (causal
+    patterns) in stream and step; padded positions output exactly 0; outputs and gradients are finite and padded
+    inputs get exactly zero gradient. ``holes`` pads inside the sequence and has a row with no valid token; cross
+    patterns pad the memory too (``holes``: one row's memory fully masked)."""
+    batch = 3 if layout == "holes" else sizes.batch
+    sizes = dataclasses.replace(sizes, batch=batch)
     x, ctx = make_inputs(mixer, sizes)
-    y = mixer(x, context=ctx)
-    state = mixer.init_state(x.shape[0], context=ctx)
-    ys = []
-    for t in range(sizes.seq_len):
-        y_t, state = mixer.step(x[:, t], state)
-        assert y_t.shape == x[:, t].shape, f"{mixer.name}: step returned {tuple(y_t.shape)}"
-        ys.append(y_t)
-    _close(torch.stack(ys, dim=1), y, _stream_atol(mixer), f"{mixer.name} ({mixer.pattern.value}) step vs forward")
-
-
-# -- 3. padding and batch independence ----------------------------------------------------------------------------
-
-
-def _padded_batch(x: Tensor, lengths: list[int], side: str, seed: int) -> tuple[Tensor, Tensor]:
-    """Place x[b, :lengths[b]] at the left or right end of a row filled with junk; return (x_padded, mask)."""
-    g = torch.Generator().manual_seed(seed)
-    xp = 10 * torch.randn(x.shape, generator=g, dtype=x.dtype)  # loud junk: a leak cannot hide
-    mask = torch.zeros(x.shape[:2], dtype=torch.bool)
-    length = x.shape[1]
-    for b, n in enumerate(lengths):
-        sl = slice(0, n) if side == "right" else slice(length - n, length)
-        xp[b, sl], mask[b, sl] = x[b, :n], True
-    return xp, mask
-
-
-def check_padding(mixer: Mixer, sizes: Sizes = Sizes(), side: str = "left") -> None:
-    """A padded batch equals each sequence alone at valid positions, and outputs 0 at padded ones.
-    Cross patterns also pad the memory. Causal patterns check streaming with the same masks."""
-    x, ctx = make_inputs(mixer, sizes)
-    lengths = [sizes.seq_len - 3 * b - 5 for b in range(sizes.batch)]
-    xp, mask = _padded_batch(x, lengths, side, seed=3)
-    ctx_p, ctx_mask, ctx_lengths = None, None, None
+    mask = layout_masks(layout, batch, sizes.seq_len, seed=3)
+    xp = padded_batch(x, mask, seed=3)
+    ctx_p, ctx_mask = None, None
     if ctx is not None:
-        ctx_lengths = [sizes.ctx_len - 4 * b - 3 for b in range(sizes.batch)]
-        ctx_p, ctx_mask = _padded_batch(ctx, ctx_lengths, "right" if side == "left" else "left", seed=4)
-    runs = {"forward": mixer(xp, mask=mask, context=ctx_p, context_mask=ctx_mask)}
+        other = {"left": "right", "right": "left", "holes": "holes"}[layout]
+        ctx_mask = layout_masks(other, batch, sizes.ctx_len, seed=4)
+        if layout == "holes":  # the empty query row gets a valid memory; row 1 gets none
+            ctx_mask = ctx_mask[[0, 2, 1]]
+        ctx_p = padded_batch(ctx, ctx_mask, seed=4)
+    xp.requires_grad_(True)
+    runs = {"forward": lambda: mixer(xp, mask=mask, context=ctx_p, context_mask=ctx_mask)}
     if mixer.pattern.is_causal:
-        runs["forward_stream"] = stream(mixer, xp, ctx_p, random_splits(sizes.seq_len, 5), mask=mask,
-                                        context_mask=ctx_mask)[0]
-    for mode, yp in runs.items():
-        what = f"{mixer.name} ({mixer.pattern.value}, {side} padding, {mode})"
-        assert yp[~mask].abs().max().item() == 0.0, f"{what}: padded positions output non-zero"
-        for b, n in enumerate(lengths):
-            c = None if ctx is None else ctx[b: b + 1, : ctx_lengths[b]]
-            alone = mixer(x[b: b + 1, :n], context=c)[0]
-            atol = EXACT_ATOL if mode == "forward" else _stream_atol(mixer)
-            _close(yp[b][mask[b]], alone, atol, f"{what}: row {b} vs the sequence alone")
+        for chunks in (random_splits(sizes.seq_len, 5), long_splits(sizes.seq_len)[-1]):
+            runs[f"forward_stream {chunks}"] = lambda c=chunks: stream(mixer, xp, ctx_p, c, mask=mask,
+                                                                         context_mask=ctx_mask)[0]
+        runs["step"] = lambda: step_all(mixer, xp, ctx_p, mask=mask, context_mask=ctx_mask)[0]
+    g = torch.Generator().manual_seed(6)
+    for mode, run in runs.items():
+        what = f"{_who(mixer)}, {layout} padding, {mode}"
+        yp = run()
+        assert torch.isfinite(yp).all(), f"{what}: non-finite outputs"
+        assert _max_err(yp.detach()[~mask], torch.zeros(())) == 0.0, f"{what}: padded positions output non-zero"
+        (grad,) = torch.autograd.grad((yp * torch.randn(yp.shape, generator=g, dtype=yp.dtype)).sum(), xp)
+        assert torch.isfinite(grad).all(), f"{what}: non-finite gradient w.r.t. the input"
+        leak = _max_err(grad[~mask], torch.zeros(()))
+        assert leak == 0.0, f"{what}: padded inputs have gradient {leak:.3e} (a padded token is not a no-op)"
+        atol = EXACT_ATOL if mode == "forward" else _stream_atol(mixer)
+        for b in range(batch):
+            if not mask[b].any():
+                continue
+            c = None if ctx is None else ctx_p[b: b + 1, ctx_mask[b]]
+            if c is not None and c.shape[1] == 0:
+                continue  # a query row over an empty memory: finite and independent is all the contract says
+            alone = mixer(xp.detach()[b: b + 1, mask[b]], context=c)[0]
+            _close(yp.detach()[b][mask[b]], alone, atol, f"{what}: row {b} vs its valid tokens alone")
 
 
-def check_batch_independence(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+def check_batch_independence(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     """Row 0's output does not change, and has zero gradient, when row 1 changes."""
     x, ctx = make_inputs(mixer, sizes)
     x.requires_grad_(True)
@@ -183,15 +322,122 @@ def check_batch_independence(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
     x2 = x.detach().clone()
     x2[1:] += 1.0
     ctx2 = None if ctx is None else torch.cat([ctx[:1], ctx[1:] + 1.0])
-    _close(mixer(x2, context=ctx2)[0], y[0], 0.0, f"{mixer.name} ({mixer.pattern.value}): row 0 after changing row 1")
+    _close(mixer(x2, context=ctx2)[0], y[0], 0.0, f"{_who(mixer)}: row 0 after changing row 1")
     (grad,) = torch.autograd.grad(y[0].sum(), x)
     assert grad[1:].abs().max().item() == 0.0, f"{mixer.name}: row 0's output has a gradient w.r.t. row 1"
 
 
-# -- 4. refusals ---------------------------------------------------------------------------------------------------
+# -- 4. train mode, determinism, precision ------------------------------------------------------------------------
 
 
-def check_refuses_streaming(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+def check_train_matches_eval(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """With its dropouts at 0 (the test hypers), a mixer computes the same function in train() as in eval()."""
+    x, ctx = make_inputs(mixer, sizes)
+    y_eval = mixer(x, context=ctx)
+    with training_mode(mixer):
+        y_train = mixer(x, context=ctx)
+    _close(y_train, y_eval, EXACT_ATOL, f"{_who(mixer)}: train() vs eval() forward")
+
+
+def check_train_mode_stream(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    with training_mode(mixer):
+        check_stream_matches_forward(mixer, sizes)
+        check_mixed_modes(mixer, sizes)
+
+
+def check_train_mode_padding(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    with training_mode(mixer):
+        check_padding(mixer, "holes", sizes)
+
+
+@torch.no_grad()
+def check_eval_deterministic(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """Two eval forwards (and two step-by-step runs) on the same input are bit-identical."""
+    x, ctx = make_inputs(mixer, sizes)
+    assert torch.equal(mixer(x, context=ctx), mixer(x, context=ctx)), f"{_who(mixer)}: two forwards differ"
+    if mixer.pattern.is_causal:
+        assert torch.equal(step_all(mixer, x, ctx)[0], step_all(mixer, x, ctx)[0]), (
+            f"{_who(mixer)}: two step-by-step runs differ")
+
+
+@torch.no_grad()
+def check_float32_long(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """In float32 at the mixer's ``float32_len`` (512 unless it declares longer), outputs are finite and within
+    its ``float32_tolerance`` of float64 (relative to the largest float64 output), in forward and in stream."""
+    sizes = dataclasses.replace(sizes, batch=1, seq_len=mixer.float32_len)
+    x, ctx = make_inputs(mixer, sizes)
+    m32 = copy.deepcopy(mixer).float()
+    runs = {"forward": lambda m, a, c: m(a, context=c)}
+    if mixer.pattern.is_causal:
+        half = sizes.seq_len // 2
+        runs["forward_stream"] = lambda m, a, c: stream(m, a, c, [half - 1, sizes.seq_len - half + 1])[0]
+    for mode, run in runs.items():
+        y64 = run(mixer, x, ctx)
+        y32 = run(m32, x.float(), None if ctx is None else ctx.float())
+        what = f"{_who(mixer)} float32 {mode} at L={sizes.seq_len}"
+        assert y32.dtype == torch.float32, f"{what}: output dtype {y32.dtype}"
+        assert torch.isfinite(y32).all(), f"{what}: non-finite outputs (overflow?)"
+        scale = y64.abs().max().item() or 1.0
+        err = _max_err(y32.double(), y64) / scale
+        assert err <= mixer.float32_tolerance, (
+            f"{what}: relative error {err:.2e} vs float64 > float32_tolerance={mixer.float32_tolerance:.1e}")
+
+
+# -- 5. gradients against finite differences -----------------------------------------------------------------------
+
+
+def _gradcheck(what: str, loss_fn: Callable[[], Tensor], named: list[tuple[str, Tensor]], seed: int) -> None:
+    """For each named leaf tensor, the directional derivative along a random direction: autograd against a central
+    finite difference (float64). A wrong gradient of any one tensor fails, naming it."""
+    tensors = [t for _, t in named]
+    grads = torch.autograd.grad(loss_fn(), tensors, allow_unused=True)
+    g = torch.Generator().manual_seed(seed)
+    eps = 1e-6
+    for (name, t), grad in zip(named, grads, strict=True):
+        direction = torch.randn(t.shape, generator=g, dtype=t.dtype)
+        analytic = 0.0 if grad is None else (grad * direction).sum().item()
+        with torch.no_grad():
+            t.add_(eps * direction)
+            up = loss_fn().item()
+            t.sub_(2 * eps * direction)
+            down = loss_fn().item()
+            t.add_(eps * direction)
+        numeric = (up - down) / (2 * eps)
+        tol = 1e-6 * max(1.0, abs(numeric), abs(analytic))
+        assert abs(analytic - numeric) <= tol, (
+            f"{what}: gradient of {name} along a random direction: autograd {analytic:.6e}, finite differences "
+            f"{numeric:.6e}")
+
+
+def _inputs_and_parameters(mixer: Mixer, x: Tensor, ctx: Tensor | None) -> list[tuple[str, Tensor]]:
+    named = [("x", x.requires_grad_(True))]
+    if ctx is not None:
+        named.append(("context", ctx.requires_grad_(True)))
+    return named + [(f"parameter {n}", p) for n, p in mixer.named_parameters() if p.requires_grad]
+
+
+def check_gradients_forward(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """Gradients of forward w.r.t. the input (and context) and every parameter equal finite differences."""
+    x, ctx = make_inputs(mixer, sizes)
+    r = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=x.dtype)
+    _gradcheck(f"{_who(mixer)} forward", lambda: (mixer(x, context=ctx) * r).sum(),
+               _inputs_and_parameters(mixer, x, ctx), seed=9)
+
+
+def check_gradients_stream(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    """Gradients flow through the state: through chained ``forward_stream`` calls, the gradients w.r.t. the whole
+    input and every parameter equal finite differences (truncated backpropagation through time needs them)."""
+    x, ctx = make_inputs(mixer, sizes)
+    r = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=x.dtype)
+    chunks = long_splits(sizes.seq_len)[-1]
+    _gradcheck(f"{_who(mixer)} chained forward_stream {chunks}", lambda: (stream(mixer, x, ctx, chunks)[0] * r).sum(),
+               _inputs_and_parameters(mixer, x, ctx), seed=10)
+
+
+# -- 6. refusals, max_len, state size, dtypes ----------------------------------------------------------------------
+
+
+def check_refuses_streaming(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     """Non-causal patterns: init_state, forward_stream and step each raise ModeNotSupported."""
     x, ctx = make_inputs(mixer, sizes)
     calls: dict[str, Callable[[], object]] = {
@@ -205,10 +451,10 @@ def check_refuses_streaming(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
         except ModeNotSupported as e:
             assert mixer.name in str(e) and mixer.pattern.value in str(e), f"{what}: unclear message {e}"
         else:
-            raise AssertionError(f"{mixer.name} ({mixer.pattern.value}): {what} did not raise ModeNotSupported")
+            raise AssertionError(f"{_who(mixer)}: {what} did not raise ModeNotSupported")
 
 
-def check_max_len(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+def check_max_len(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     """Built with max_len = L/2: a longer forward, or streaming past it, raises SequenceTooLong."""
     assert mixer.max_len is not None and mixer.max_len < sizes.seq_len
     x, ctx = make_inputs(mixer, sizes)
@@ -228,10 +474,8 @@ def check_max_len(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
         raise AssertionError(f"{mixer.name}: streaming beyond max_len={mixer.max_len} did not raise")
 
 
-# -- 5. state size -------------------------------------------------------------------------------------------------
-
-
-def check_state_size(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
+@torch.no_grad()
+def check_state_size(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     x, ctx = make_inputs(mixer, sizes)
     state = mixer.init_state(sizes.batch, context=ctx)
     ctx_len = 0 if ctx is None else sizes.ctx_len
@@ -243,11 +487,9 @@ def check_state_size(mixer: Mixer, sizes: Sizes = Sizes()) -> None:
         assert got == want, f"{mixer.name}: state_size({t}, {ctx_len}) = {want} but the state holds {got} floats"
 
 
-# -- 6. dtypes -----------------------------------------------------------------------------------------------------
-
-
-def check_dtype(mixer: Mixer, dtype: torch.dtype, sizes: Sizes = Sizes()) -> None:
-    """The mixer (already cast to ``dtype``) runs, keeps the dtype and stays finite, in every mode it has."""
+def check_dtype(mixer: Mixer, dtype: torch.dtype, sizes: Sizes = SIZES) -> None:
+    """A copy of the mixer cast to ``dtype`` runs, keeps the dtype and stays finite, in every mode it has."""
+    mixer = copy.deepcopy(mixer).to(dtype)
     x, ctx = make_inputs(mixer, sizes, dtype=dtype)
     outputs = {"forward": mixer(x, context=ctx)}
     if mixer.pattern.is_causal:
@@ -257,3 +499,75 @@ def check_dtype(mixer: Mixer, dtype: torch.dtype, sizes: Sizes = Sizes()) -> Non
     for what, y in outputs.items():
         assert y.dtype == dtype, f"{mixer.name} {what}: output dtype {y.dtype} != input dtype {dtype}"
         assert torch.isfinite(y).all(), f"{mixer.name} {what}: non-finite output in {dtype}"
+
+
+# -- the table ------------------------------------------------------------------------------------------------------
+
+
+def _any(pattern: Pattern) -> bool:
+    return True
+
+
+def _causal(pattern: Pattern) -> bool:
+    return pattern.is_causal
+
+
+def _noncausal(pattern: Pattern) -> bool:
+    return not pattern.is_causal
+
+
+def _noncausal_self(pattern: Pattern) -> bool:
+    return pattern == Pattern.NONCAUSAL_SELF
+
+
+def _always(cls: type[Mixer]) -> str | None:
+    return None
+
+
+def _unless_stochastic(cls: type[Mixer]) -> str | None:
+    return "declared stochastic_in_training" if cls.stochastic_in_training else None
+
+
+def _unless_surrogate_gradients(cls: type[Mixer]) -> str | None:
+    return None if cls.exact_gradients else "declared exact_gradients=False"
+
+
+@dataclasses.dataclass(frozen=True)
+class ContractCheck:
+    """One check of the contract: the patterns it is about, ``waived`` (a reason when the mixer class declared
+    the check away, else None) and ``build``, extra constructor arguments it needs (``max_len``)."""
+
+    name: str
+    run: Callable[[Mixer], None]
+    patterns: Callable[[Pattern], bool] = _any
+    waived: Callable[[type[Mixer]], str | None] = _always
+    build: tuple[tuple[str, int], ...] = ()
+
+
+CHECKS: tuple[ContractCheck, ...] = (
+    ContractCheck("causal_prefix", check_causal_prefix, _causal),
+    ContractCheck("causal_jacobian", check_causal_jacobian, _causal),
+    ContractCheck("noncausal_sees_future", check_noncausal_sees_future, _noncausal_self),
+    ContractCheck("stream", check_stream_matches_forward, _causal),
+    ContractCheck("step", check_step_matches_forward, _causal),
+    ContractCheck("mixed_modes", check_mixed_modes, _causal),
+    ContractCheck("no_aliasing", check_no_aliasing, _causal),
+    ContractCheck("interleaved_streams", check_interleaved_streams, _causal),
+    ContractCheck("state_select", check_state_select, _causal),
+    ContractCheck("padding_left", lambda m: check_padding(m, "left")),
+    ContractCheck("padding_right", lambda m: check_padding(m, "right")),
+    ContractCheck("padding_holes", lambda m: check_padding(m, "holes")),
+    ContractCheck("batch_independence", check_batch_independence),
+    ContractCheck("train_matches_eval", check_train_matches_eval, waived=_unless_stochastic),
+    ContractCheck("train_mode_stream", check_train_mode_stream, _causal, _unless_stochastic),
+    ContractCheck("train_mode_padding", check_train_mode_padding, waived=_unless_stochastic),
+    ContractCheck("eval_deterministic", check_eval_deterministic),
+    ContractCheck("float32_long", check_float32_long),
+    ContractCheck("gradients_forward", check_gradients_forward, waived=_unless_surrogate_gradients),
+    ContractCheck("gradients_stream", check_gradients_stream, _causal, _unless_surrogate_gradients),
+    ContractCheck("refuses_streaming", check_refuses_streaming, _noncausal),
+    ContractCheck("max_len", check_max_len, build=(("max_len", SIZES.seq_len // 2),)),
+    ContractCheck("state_size", check_state_size, _causal),
+    ContractCheck("dtype_float64", lambda m: check_dtype(m, torch.float64)),
+    ContractCheck("dtype_bfloat16", lambda m: check_dtype(m, torch.bfloat16)),
+)
