@@ -1,0 +1,126 @@
+"""Causal depthwise short convolution (Mamba's conv1d, H3's shift conv): each channel mixes its last W inputs.
+
+Layout follows the ``causal_conv1d`` package: x: (B, D, L), weight: (D, W), bias: (D,), and the streaming state
+(B, D, W-1) holds the last W-1 inputs (zeros before the first token). weight[:, -1] multiplies the current input.
+activation: None or "silu".
+
+Masks are bool (B, L), True = valid. A masked position is an exact no-op: it neither enters the window nor shifts
+it, so each row computes as if its masked tokens were removed (with a hole inside a sequence, the token after the
+hole sees the valid tokens before the hole as its neighbours), and its output is 0. The final state is the last
+W-1 valid inputs, reaching back into the initial state when fewer than W-1 valid tokens came.
+
+Every function returns new tensors: no output or state aliases an argument, so a caller may overwrite its inputs
+afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = (None, "silu")
+
+
+def _check(fn: str, x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None, state_name: str,
+           activation: str | None, *, one_token: bool = False) -> None:
+    """x: (B, D, L) with L >= 1, or x_t: (B, D) when ``one_token``."""
+    if weight.dim() != 2 or weight.shape[1] == 0:
+        raise ValueError(f"{fn}: weight must have shape (D, W) with W >= 1, got {tuple(weight.shape)}")
+    d, w = weight.shape
+    if one_token:
+        if x.dim() != 2 or x.shape[1] != d:
+            raise ValueError(f"{fn}: x_t must have shape (B, D) with D = {d} (weight's channels), got {tuple(x.shape)}")
+    elif x.dim() != 3 or x.shape[1] != d or x.shape[2] == 0:
+        raise ValueError(f"{fn}: x must have shape (B, D, L) with D = {d} (weight's channels) and L >= 1, "
+                         f"got {tuple(x.shape)}")
+    if bias is not None and bias.shape != (d,):
+        raise ValueError(f"{fn}: bias must have shape (D,) = ({d},), got {tuple(bias.shape)}")
+    if state is not None and state.shape != (x.shape[0], d, w - 1):
+        raise ValueError(f"{fn}: {state_name} must have shape (B, D, W-1) = {(x.shape[0], d, w - 1)}, "
+                         f"got {tuple(state.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{fn}: activation={activation!r} is not allowed; allowed: None, 'silu'")
+
+
+def _check_mask(fn: str, name: str, mask: Tensor | None, shape: tuple[int, ...]) -> None:
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != shape):
+        raise ValueError(f"{fn}: {name} must be a bool tensor of shape {shape} (True = valid), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+
+
+def _activate(y: Tensor, activation: str | None) -> Tensor:
+    return F.silu(y) if activation == "silu" else y
+
+
+def causal_conv1d_update(x_t: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+                         activation: str | None = None, mask_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One token: x_t: (B, D), conv_state: (B, D, W-1), mask_t: bool (B,) -> (y_t: (B, D), new_state: (B, D, W-1)).
+
+    A masked row keeps its state and outputs 0. The new state is a new tensor: neither argument is modified, and
+    the caller may overwrite x_t afterwards.
+    """
+    _check("causal_conv1d_update", x_t, weight, bias, conv_state, "conv_state", activation, one_token=True)
+    _check_mask("causal_conv1d_update", "mask_t", mask_t, tuple(x_t.shape[:1]))
+    window = torch.cat((conv_state, x_t[..., None]), dim=-1)  # (B, D, W): a copy, never a view of x_t
+    y = (window * weight).sum(dim=-1)
+    if bias is not None:
+        y = y + bias
+    y = _activate(y, activation)
+    if mask_t is None:
+        return y, window[..., 1:]
+    return y.masked_fill(~mask_t[:, None], 0.0), torch.where(mask_t[:, None, None], window[..., 1:], conv_state)
+
+
+def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, initial_state: Tensor | None = None,
+                      activation: str | None = None, return_final_state: bool = False,
+                      mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Oracle: an explicit loop over time, one ``causal_conv1d_update`` per token. Same contract as
+    ``causal_conv1d``."""
+    _check("causal_conv1d_ref", x, weight, bias, initial_state, "initial_state", activation)
+    _check_mask("causal_conv1d_ref", "mask", mask, (x.shape[0], x.shape[-1]))
+    state = x.new_zeros(x.shape[0], x.shape[1], weight.shape[1] - 1) if initial_state is None else initial_state
+    ys = []
+    for t in range(x.shape[-1]):
+        y_t, state = causal_conv1d_update(x[..., t], state, weight, bias, activation=activation,
+                                          mask_t=None if mask is None else mask[:, t])
+        ys.append(y_t)
+    y = torch.stack(ys, dim=-1)
+    return (y, state) if return_final_state else y
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, initial_state: Tensor | None = None,
+                  activation: str | None = None, return_final_state: bool = False,
+                  mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """x: (B, D, L), weight: (D, W), bias: (D,), initial_state: (B, D, W-1), mask: bool (B, L) ->
+    y: (B, D, L), and the final state (B, D, W-1) when ``return_final_state``.
+
+    y[t] = act(bias + sum_i weight[:, i] * [initial_state, x][t + i]) (x[t] sits at index t + W-1 of the
+    concatenation), by one grouped ``F.conv1d``. With a mask, each row's valid tokens are first moved to its front
+    in order (a stable sort), convolved as one contiguous sequence, and their outputs gathered back to their
+    positions.
+    """
+    _check("causal_conv1d", x, weight, bias, initial_state, "initial_state", activation)
+    _check_mask("causal_conv1d", "mask", mask, (x.shape[0], x.shape[-1]))
+    b, d, length = x.shape
+    keep = weight.shape[1] - 1
+    if mask is not None:
+        # Zero the masked inputs first: they land after every valid token, so they reach no valid output, but a
+        # NaN there would still poison the weight gradient (0 * NaN).
+        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+        x = x.masked_fill(~mask[:, None, :], 0.0).gather(2, order[:, None, :].expand(b, d, length))
+    state = x.new_zeros(b, d, keep) if initial_state is None else initial_state
+    padded = torch.cat((state, x), dim=-1)  # (B, D, W-1+L)
+    y = _activate(F.conv1d(padded, weight[:, None, :], bias, groups=d), activation)
+    if mask is None:
+        # A copy: a view would pin the whole chunk's storage for as long as the state lives.
+        final = padded[..., length:].clone()
+    else:
+        n_valid = mask.sum(dim=1)
+        # Token t is the rank(t)-th valid token of its row, so its output sits at slot rank(t) after compaction.
+        rank = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        y = y.gather(2, rank[:, None, :].expand(b, d, length)).masked_fill(~mask[:, None, :], 0.0)
+        # The last W-1 valid inputs are slots n_valid .. n_valid + W-2 of [state, compacted x].
+        slots = n_valid[:, None] + torch.arange(keep, device=x.device)
+        final = padded.gather(2, slots[:, None, :].expand(b, d, keep))
+    return (y, final) if return_final_state else y

@@ -1,0 +1,163 @@
+"""Causal depthwise short convolution: the F.conv1d form vs the loop-over-time oracle (outputs, final states and
+gradients w.r.t. x, weight, bias and the initial state, float64); the masked convention vs the same row with its
+masked tokens removed; no aliasing; refusals."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longseq.ops.short_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
+
+F64 = torch.float64
+B, D, L = 3, 16, 32
+
+
+def _inputs(width: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g, dtype=F64, requires_grad=True)
+            for shape in ((B, D, L), (D, width), (D,), (B, D, width - 1))]
+
+
+def _holes() -> torch.Tensor:
+    """Row 0: left padding; row 1: holes inside the sequence, including a run longer than W; row 2: no valid token."""
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, :5] = False
+    mask[1, [3, 4, 9, 10, 11, 12, 13, 20, 31]] = False
+    mask[2] = False
+    return mask
+
+
+@pytest.mark.parametrize(("width", "masked", "with_state", "activation", "with_bias"), [
+    (width, masked, with_state, *extras) for width, masked, with_state, extras in itertools.product(
+        [1, 2, 4], [False, True], [False, True], [(None, False), ("silu", True)])])
+def test_fast_matches_reference(width, masked, with_state, activation, with_bias):
+    x, w, b, s0 = _inputs(width, seed=width)
+    kwargs = dict(bias=b if with_bias else None, initial_state=s0 if with_state else None, activation=activation,
+                  return_final_state=True, mask=_holes() if masked else None)
+    y, state = causal_conv1d(x, w, **kwargs)
+    y_ref, state_ref = causal_conv1d_ref(x, w, **kwargs)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(state, state_ref, atol=0, rtol=0)
+    inputs = [x, w] + ([b] if with_bias else []) + ([s0] if with_state else [])
+    cot_y, cot_s = torch.randn_like(y), torch.randn_like(state)
+    grads = torch.autograd.grad((y * cot_y).sum() + (state * cot_s).sum(), inputs, materialize_grads=True)
+    grads_ref = torch.autograd.grad((y_ref * cot_y).sum() + (state_ref * cot_s).sum(), inputs,
+                                    materialize_grads=True)
+    for i, (a, r) in enumerate(zip(grads, grads_ref, strict=True)):
+        torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10, msg=lambda m, i=i: f"gradient of input {i}: {m}")
+
+
+def test_update_is_the_formula():
+    """One token by hand: act(bias + sum_i weight[:, i] * [state, x_t][i]), weight[:, -1] on the current token."""
+    x, w, b, s0 = _inputs(4)
+    y, state = causal_conv1d_update(x[..., 0], s0, w, b, activation="silu")
+    window = [s0[..., 0], s0[..., 1], s0[..., 2], x[..., 0]]
+    pre = b + sum(w[:, i] * window[i] for i in range(4))
+    torch.testing.assert_close(y, pre * torch.sigmoid(pre), atol=1e-14, rtol=0)
+    torch.testing.assert_close(state, torch.stack(window[1:], dim=-1), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fn", [causal_conv1d, causal_conv1d_ref])
+@pytest.mark.parametrize("width", [2, 4, 7])
+def test_masked_tokens_are_removed_not_zeroed(fn, width):
+    """Each row equals the unmasked convolution of that row with its masked tokens taken out (scattered back, 0 at
+    masked positions); the final state equals that of the shortened row, reaching into the initial state."""
+    x, w, b, s0 = _inputs(width, seed=7)
+    x, w, b, s0 = x.detach(), w.detach(), b.detach(), s0.detach()
+    mask = _holes()
+    mask[0, 5:-2] = False  # row 0: two valid tokens, fewer than W-1 for the wider kernels
+    y, state = fn(x, w, b, initial_state=s0, activation="silu", return_final_state=True, mask=mask)
+    for r in range(B):
+        keep = mask[r].nonzero().squeeze(1)
+        want = torch.zeros(D, L, dtype=F64)
+        want_state = s0[r]
+        if keep.numel():
+            y_r, want_state = causal_conv1d(x[r:r + 1, :, keep], w, b, initial_state=s0[r:r + 1], activation="silu",
+                                            return_final_state=True)
+            want[:, keep] = y_r[0]
+            want_state = want_state[0]
+        torch.testing.assert_close(y[r], want, atol=1e-12, rtol=0)
+        torch.testing.assert_close(state[r], want_state, atol=0, rtol=0)
+
+
+def test_garbage_at_masked_positions_stays_out():
+    x, w, b, s0 = _inputs(4)
+    mask = _holes()
+    dirty = x.detach().masked_fill(~mask[:, None, :], float("nan")).requires_grad_()
+    y, state = causal_conv1d(dirty, w, b, initial_state=s0, return_final_state=True, mask=mask)
+    assert torch.isfinite(y).all() and torch.isfinite(state).all()
+    assert y[2].abs().max() == 0 and torch.equal(state[2], s0[2])  # the row with no valid token
+    grads = torch.autograd.grad((y.sum() + state.sum()), (dirty, w, b, s0))
+    assert all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(y, causal_conv1d(x.detach().masked_fill(~mask[:, None, :], 0.0), w, b,
+                                                initial_state=s0, mask=mask), atol=0, rtol=0)
+
+
+def test_update_masked_row_keeps_its_state():
+    x, w, b, s0 = (t.detach() for t in _inputs(4))
+    mask_t = torch.tensor([True, False, True])
+    y, state = causal_conv1d_update(x[..., 0], s0, w, b, mask_t=mask_t)
+    assert y[1].abs().max() == 0 and torch.equal(state[1], s0[1])
+    assert not torch.equal(state[0], s0[0])
+
+
+def test_nothing_aliases_the_arguments():
+    x, w, b, s0 = (t.detach() for t in _inputs(4))
+    x_t, s_before = x[..., 0].clone(), s0.clone()
+    for mask_t in (None, torch.tensor([True, False, True])):
+        _, state = causal_conv1d_update(x_t, s0, w, b, mask_t=mask_t)
+        assert torch.equal(s0, s_before)  # not modified in place
+        kept = state.clone()
+        x_t.fill_(123.0)
+        s0.fill_(-5.0)
+        assert torch.equal(state, kept)  # not a view of x_t or of conv_state
+        s0.copy_(s_before)
+    for mask in (None, _holes()):
+        x_chunk = x.clone()
+        _, state = causal_conv1d(x_chunk, w, b, initial_state=s0, return_final_state=True, mask=mask)
+        kept = state.clone()
+        x_chunk.fill_(123.0)
+        s0.fill_(-5.0)
+        assert torch.equal(state, kept)
+        s0.copy_(s_before)
+
+
+def test_matches_torch_conv1d_layer():
+    """An independent check of the layout: nn.Conv1d(groups=D, padding=W-1) with its output cut to L."""
+    conv = torch.nn.Conv1d(D, D, 4, groups=D, padding=3, dtype=F64)
+    x = torch.randn(B, D, L, dtype=F64)
+    want = F.silu(conv(x)[..., :L])
+    got = causal_conv1d(x, conv.weight[:, 0], conv.bias, activation="silu")
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"weight": torch.randn(D, 4, 1)}, ["weight must have shape (D, W)"]),
+    ({"weight": torch.randn(D + 1, 4)}, ["x must have shape (B, D, L)", "D = 17"]),
+    ({"bias": torch.randn(D + 1)}, ["bias must have shape (D,)", "(17,)"]),
+    ({"initial_state": torch.randn(B, D, 4)}, ["initial_state must have shape (B, D, W-1)", "(3, 16, 3)"]),
+    ({"activation": "relu"}, ["activation='relu'", "allowed: None, 'silu'"]),
+    ({"mask": torch.ones(B, L)}, ["mask must be a bool tensor", "(3, 32)"]),
+    ({"x": torch.randn(B, D, 0)}, ["L >= 1"]),
+])
+@pytest.mark.parametrize("fn", [causal_conv1d, causal_conv1d_ref])
+def test_refusals_name_the_argument(fn, kwargs, words):
+    args = {"x": torch.randn(B, D, L), "weight": torch.randn(D, 4)} | kwargs
+    with pytest.raises(ValueError) as info:
+        fn(**args)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_update_refusals():
+    w = torch.randn(D, 4)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(B, D\)"):
+        causal_conv1d_update(torch.randn(B, D, 1), torch.zeros(B, D, 3), w)
+    with pytest.raises(ValueError, match="conv_state must have shape"):
+        causal_conv1d_update(torch.randn(B, D), torch.zeros(B, D, 4), w)
+    with pytest.raises(ValueError, match=r"mask_t must be a bool tensor of shape \(3,\)"):
+        causal_conv1d_update(torch.randn(B, D), torch.zeros(B, D, 3), w, mask_t=torch.ones(B, 1, dtype=torch.bool))
