@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from longseq.userinput import describe_error, parse_scalar
+from longseq.userinput import describe_error, parse_assignments
 
 app = typer.Typer(help="longseq: sub-quadratic token mixers, tasks, training and benchmarks.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -38,17 +38,6 @@ def cli_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
-    """["n_heads=2", "impl=math"] -> {"n_heads": 2, "impl": "math"} (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r} must look like KEY=VALUE")
-        out[key.strip()] = parse_scalar(value)
-    return out
 
 
 bench_app = typer.Typer(help="Benchmarks: speed & memory, quality grids.", no_args_is_help=True)
@@ -143,8 +132,8 @@ def train(
             raise ValueError("--resume needs --out-dir (the run directory to continue)")
         params = {k: v for k, v in {"seq_len": seq_len, "num_kv_pairs": kv_pairs, "vocab_size": vocab,
                                     "num_train": train_examples, "num_test": test_examples}.items() if v is not None}
-        params.update(parse_assignments(task_param, "--task-param"))
-        mixer_hypers = parse_assignments(hyper, "--hyper")
+        params.update(parse_assignments(task_param or [], "--task-param"))
+        mixer_hypers = parse_assignments(hyper or [], "--hyper")
         exp = ExperimentConfig.model_validate({
             "task": {"name": task, "params": params},
             "model": {"d_model": d_model, "n_layers": layers, "layers": mixer, "mlp_ratio": mlp_ratio,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pydantic
@@ -30,6 +31,40 @@ def parse_scalar(text: str) -> Any:
     if isinstance(value, dict | list):
         raise ValueError(f"value {text!r} must be a number, string or bool (or null)")
     return coerce_number(value)
+
+
+def parse_assignment(item: str, what: str, form: str = "KEY=VALUE") -> tuple[str, str]:
+    """``"n_heads=2"`` -> ``("n_heads", "2")``: the key and the value's text, both stripped, for the caller to parse.
+
+    ``what`` names the item in errors (``"--hyper"``, ``"grid item"``) and ``form`` is the shape they show.
+    Raises ``ValueError`` when there is no ``=``, no key or no value.
+    """
+    key, sep, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key or not value:
+        raise ValueError(f"{what} {item!r} must look like {form}")
+    return key, value
+
+
+def parse_assignments(
+    items: Iterable[str], what: str, form: str = "KEY=VALUE", parse_value: Callable[[str], Any] = parse_scalar
+) -> dict[str, Any]:
+    """``["n_heads=2", "impl=math"]`` -> ``{"n_heads": 2, "impl": "math"}``, in the items' order.
+
+    Each item goes through ``parse_assignment``, its value through ``parse_value`` (default: one YAML scalar).
+    Raises ``ValueError`` naming the item for a malformed item, a key given twice or a value ``parse_value``
+    refuses.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, text = parse_assignment(item, what, form)
+        if key in out:
+            raise ValueError(f"{what} {item!r}: key {key!r} is given twice; give each key once")
+        try:
+            out[key] = parse_value(text)
+        except ValueError as error:
+            raise ValueError(f"{what} {item!r}: {error}") from None
+    return out
 
 
 def short_repr(value: object) -> str:

@@ -17,6 +17,7 @@ from longseq.bench.quality import (
     QualitySuite,
     QualitySuiteError,
     format_leaderboard,
+    layer_names,
     leaderboard,
     list_suites,
     load_suite,
@@ -26,9 +27,8 @@ from longseq.bench.quality import (
 )
 from longseq.mixers import Mixer, Pattern, available, register
 from longseq.mixers.base import _REGISTRY
-from longseq.models.config import parse_layer_pattern
 from longseq.results.store import ResultsStore
-from longseq.train.trainer import TrainResult
+from longseq.train import TrainResult
 
 TINY_TASK = {
     "name": "mqar",
@@ -370,7 +370,7 @@ def test_shipped_suites_load_and_every_cell_builds(name):
     suite = load_suite(name)
     assert suite.name == name and suite.description and suite.budget_s > 0
     builtin = set(_builtin_mixers())
-    covered = [m for m in suite.resolved_mixers() if set(parse_layer_pattern(m, 1 + m.count(","))) <= builtin]
+    covered = [m for m in suite.resolved_mixers() if layer_names(m) <= builtin]
     plan = plan_quality(suite, mixers=covered)
     assert plan.dropped == [] and plan.runs
     lrs = suite.grid.get("lr")

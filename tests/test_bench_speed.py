@@ -64,7 +64,7 @@ def test_mixer_spec_parses_hypers_and_keeps_the_text_as_label():
     ("spec", "message"),
     [
         ("attention[impl=math", "malformed"),
-        ("attention[impl]", "'impl' is not key=value"),
+        ("attention[impl]", "hyper 'impl' must look like key=value, as in NAME\\[key=value,...\\]"),
         ("attention[impl=math,impl=sdpa]", "given twice"),
         ("attention[pattern=causal_self]", "set by the bench's patterns option"),
         ("atention", "unknown mixer 'atention'.*did you mean 'attention'"),

@@ -7,6 +7,8 @@ import itertools
 import json
 import math
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +18,17 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from longseq.modules.optim import set_optim
+from longseq.results.store import ResultsStore
 from longseq.tasks.base import IGNORE_INDEX, per_example_accuracy
 from longseq.train import (
     CheckpointError,
+    RunStart,
     TrainConfig,
     TrainConfigError,
     Trainer,
     TrainingDiverged,
+    TrainResult,
     batch_indices,
     latest_checkpoint,
     load_checkpoint,
@@ -31,6 +37,7 @@ from longseq.train import (
     save_checkpoint,
     warmup_cosine_scheduler,
 )
+from longseq.train.recorder import StoreRecorder
 
 VOCAB = 16
 SEQ_LEN = 16
@@ -246,8 +253,7 @@ def test_batch_indices_is_a_pure_function_walking_seeded_permutations():
 
 def test_parameter_groups_exempt_biases_norms_embeddings_and_marked():
     model = make_model()
-    extra = nn.Parameter(torch.zeros(3, 3))
-    extra._no_weight_decay = True  # type: ignore[attr-defined]
+    extra = set_optim(nn.Parameter(torch.zeros(3, 3)), weight_decay=0.0)
     model.register_parameter("marked", extra)
     decay, no_decay = parameter_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -516,13 +522,6 @@ def test_nan_loss_raises_training_diverged():
         trainer.train()
 
 
-def test_run_info_is_validated():
-    with pytest.raises(ValueError, match=r"run_info has unknown keys \['mixr'\]"):
-        Trainer(make_model(), IdentityTask(), config(), run_info={"mixr": "x"})
-    with pytest.raises(ValueError, match=r"run_info\['mixer'\] must name the mixer"):
-        Trainer(make_model(), IdentityTask(), config(), store=object(), run_info={})  # type: ignore[arg-type]
-
-
 def test_threads_apply_during_training_only():
     seen = []
 
@@ -538,40 +537,94 @@ def test_threads_apply_during_training_only():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Results store
+# Observer and results store
+
+
+class ListObserver:
+    """Remembers what the trainer told it; hands out run ids ``run-0``, ``run-1``, ... to fresh runs."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def on_start(self, start: RunStart) -> str:
+        self.events.append(("start", start))
+        return start.run_id or f"run-{sum(kind == 'start' for kind, _ in self.events) - 1}"
+
+    def on_end(self, status: str, result: TrainResult) -> None:
+        self.events.append((status, result))
+
+
+def test_observer_hears_each_session_and_gets_its_run_id_back_on_resume(tmp_path):
+    observer = ListObserver()
+    cfg = config(steps=8, checkpoint_every=4, eval_every=2, out_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), FailingTask(fail_at=6, error=KeyboardInterrupt()), cfg, observer=observer,
+                progress=False).train()  # fmt: skip
+    (_, start), (status, partial) = observer.events
+    assert start == RunStart(run_id=None, task="toy-identity", train_config=cfg.to_json_dict(),
+                             n_params=sum(p.numel() for p in make_model().parameters()), dtype="float32")  # fmt: skip
+    assert (status, partial.run_id, partial.steps, partial.stopped_by) == ("interrupted", "run-0", 5, None)
+    assert partial.metrics["step"] == 4 and partial.train_loss is not None  # the latest periodic evaluation
+
+    observer.events.clear()
+    result = Trainer(make_model(), IdentityTask(), cfg, observer=observer, progress=False).train(resume=True)
+    (_, start), (status, final) = observer.events
+    assert (start.run_id, status, final) == ("run-0", "completed", result)
+    assert result.run_id == "run-0" and set(result.metrics) == {"accuracy", "loss"}
+
+
+def test_checkpoints_record_the_model_config(tmp_path):
+    cfg = config(steps=4, out_dir=tmp_path)
+    result = Trainer(make_model(), IdentityTask(), cfg, model_config={"d_model": 8}, progress=False).train()
+    saved = json.loads((result.checkpoint / "state.json").read_text())
+    assert saved["config"]["model"] == {"d_model": 8} and saved["config"]["task"] == IdentityTask().describe()
+
+
+def test_trainer_imports_neither_the_results_store_nor_the_benchmarks():
+    code = (
+        "import sys, longseq.train.trainer\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('longseq.results', 'longseq.bench'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_store_recorder_is_validated(tmp_path):
+    with ResultsStore(tmp_path / "results.db") as store:
+        with pytest.raises(ValueError, match=r"mixer=None must name the mixer"):
+            StoreRecorder(store, mixer=None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"config has a 'train' key"):
+            StoreRecorder(store, mixer="toy", config={"train": {}})
 
 
 def test_store_rows_for_completed_failed_and_resumed_runs(tmp_path):
-    from longseq.results.store import ResultsStore
-
-    run_info = {"mixer": "toy", "config": {"model": {"d_model": 8}}, "state_floats": 0, "suite": "unit"}
     with ResultsStore(tmp_path / "results.db") as store:
-        done = Trainer(
-            make_model(), IdentityTask(), config(steps=4), store=store, run_info=run_info, command="pytest",
-            progress=False,
-        ).train()  # fmt: skip
+        recorder = StoreRecorder(store, mixer="toy", config={"model": {"d_model": 8}}, state_floats=0, suite="unit",
+                                 command="pytest")  # fmt: skip
+        done = Trainer(make_model(), IdentityTask(), config(steps=4), observer=recorder, progress=False).train()
         row = store.get_run(done.run_id)
-        assert (row["status"], row["kind"], row["task"], row["mixer"], row["steps"]) == (
-            "completed", "train", "toy-identity", "toy", 4,
+        assert (row["status"], row["kind"], row["task"], row["mixer"], row["steps"], row["suite"]) == (
+            "completed", "train", "toy-identity", "toy", 4, "unit",
         )  # fmt: skip
         assert row["config"]["train"]["steps"] == 4 and row["config"]["model"] == {"d_model": 8}
         assert row["metrics"]["accuracy"] == done.metrics["accuracy"] and row["command"] == "pytest"
+        assert row["metrics"]["train_loss"] == done.train_loss and row["metrics"]["stopped_by"] == "steps"
         assert row["n_params"] == sum(p.numel() for p in make_model().parameters())
-        assert row["tokens_per_s"] > 0
+        assert row["tokens_per_s"] > 0 and row["provenance"]["dtype"] == "float32"
 
         cfg = config(steps=8, checkpoint_every=4, out_dir=tmp_path / "run")
         failing = FailingTask(fail_at=6, error=RuntimeError("boom"))
         with pytest.raises(RuntimeError, match="boom"):
-            Trainer(make_model(), failing, cfg, store=store, run_info=run_info, progress=False).train()
+            Trainer(make_model(), failing, cfg, observer=recorder, progress=False).train()
         (failed,) = [r for r in store.runs() if r["run_id"] != done.run_id]
         assert (failed["status"], failed["steps"]) == ("failed", 5)
 
         interrupted = FailingTask(fail_at=1, error=KeyboardInterrupt())
         with pytest.raises(KeyboardInterrupt):
-            Trainer(make_model(), interrupted, cfg, store=store, run_info=run_info, progress=False).train(resume=True)
+            Trainer(make_model(), interrupted, cfg, observer=recorder, progress=False).train(resume=True)
         assert store.get_run(failed["run_id"])["status"] == "interrupted"
 
-        resumed = Trainer(make_model(), IdentityTask(), cfg, store=store, run_info=run_info, progress=False)
+        resumed = Trainer(make_model(), IdentityTask(), cfg, observer=recorder, progress=False)
         result = resumed.train(resume=True)
         assert result.run_id == failed["run_id"]
         row = store.get_run(result.run_id)
@@ -583,11 +636,10 @@ def test_store_rows_for_completed_failed_and_resumed_runs(tmp_path):
 
 
 def test_time_budget_stops_like_an_early_stop(tmp_path):
-    from longseq.results.store import ResultsStore
-
     cfg = config(steps=1_000_000, eval_every=1_000_000, log_every=1_000_000, time_budget_s=0.2, out_dir=tmp_path)
     with ResultsStore(tmp_path / "results.db") as store:
-        trainer = Trainer(make_model(), IdentityTask(), cfg, store=store, run_info={"mixer": "toy"}, progress=False)
+        recorder = StoreRecorder(store, mixer="toy")
+        trainer = Trainer(make_model(), IdentityTask(), cfg, observer=recorder, progress=False)
         result = trainer.train()
         row = store.get_run(result.run_id)
 

@@ -55,13 +55,13 @@ from rich.table import Table
 from longseq.bench.ranking import RUNNER_TRAIN_FIELDS, format_value, rank_runs
 from longseq.mixers import Pattern, available, mixer_class
 from longseq.mixers.base import hyper_names
-from longseq.models.config import ModelConfig, parse_layer_pattern
+from longseq.models.config import ModelConfig, parse_layer_unit
 from longseq.results.store import ResultsStore
 from longseq.tasks import available_tasks
 from longseq.train.config import TrainConfig
 from longseq.train.experiment import ExperimentConfig, TaskSpec, run_experiment
 from longseq.train.trainer import latest_checkpoint
-from longseq.userinput import coerce_number, describe_error, parse_scalar
+from longseq.userinput import coerce_number, describe_error, parse_assignments, parse_scalar
 
 SUITES_PACKAGE = "longseq.bench"
 SUITES_DIR = "suites"
@@ -91,9 +91,8 @@ def _model_fields() -> list[str]:
 def layer_names(pattern: str) -> set[str]:
     """The mixer names of a layer pattern: ``"mamba*3,attention"`` -> ``{"mamba", "attention"}``.
 
-    Raises ``ValueError`` for a malformed pattern (see ``longseq.models.config.parse_layer_pattern``)."""
-    parse_layer_pattern(pattern, 1)
-    return {item.partition("*")[0] for item in pattern.replace(" ", "").split(",")}
+    Raises ``ValueError`` for a malformed pattern (see ``longseq.models.config.parse_layer_unit``)."""
+    return set(parse_layer_unit(pattern))
 
 
 def _registered_mixers() -> list[str]:
@@ -134,33 +133,35 @@ def grid_key_kind(key: str, mixer_names: Iterable[str] = ()) -> Literal["lr", "t
     )
 
 
+_GRID_ITEM_FORM = "KEY=VALUE[,VALUE...], e.g. d_model=64,128"
+
+
+def _grid_values(text: str) -> list[Any]:
+    """``"64, 128"`` -> ``[64, 128]``: comma-separated YAML scalars, each a number, string or bool (not null)."""
+    values = []
+    for part in text.split(","):
+        if not part.strip():
+            raise ValueError(f"{text!r} has an empty value; separate values with single commas")
+        value = parse_scalar(part)
+        if value is None:
+            raise ValueError(f"value {part!r} must be a number, string or bool")
+        values.append(value)
+    return values
+
+
 def parse_grid(items: Sequence[str], *, mixer_names: Iterable[str] = ()) -> dict[str, list[Any]]:
     """``["d_model=64,128", "lr=1e-3,3e-3"]`` -> ``{"d_model": [64, 128], "lr": [0.001, 0.003]}``.
 
-    Each item is ``KEY=V1,V2,...``; values are YAML scalars (``1e-3`` is a number, ``true`` a bool, ``sdpa`` a
-    string). Keys are checked with ``grid_key_kind``. Raises ``QualitySuiteError`` naming the item.
+    Each item is ``KEY=V1,V2,...`` (read by ``longseq.userinput.parse_assignments``); values are YAML scalars
+    (``1e-3`` is a number, ``true`` a bool, ``sdpa`` a string). Keys are checked with ``grid_key_kind``. Raises
+    ``QualitySuiteError`` naming the item or the key.
     """
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not values.strip():
-            raise QualitySuiteError(f"grid item {item!r} must look like KEY=VALUE[,VALUE...], e.g. d_model=64,128")
-        if key in grid:
-            raise QualitySuiteError(f"grid item {item!r}: key {key!r} is given twice; list all its values in one item")
+    try:
+        grid = parse_assignments(items, "grid item", form=_GRID_ITEM_FORM, parse_value=_grid_values)
+    except ValueError as error:
+        raise QualitySuiteError(str(error)) from None
+    for key in grid:
         grid_key_kind(key, mixer_names)
-        parsed = []
-        for text in values.split(","):
-            if not text.strip():
-                raise QualitySuiteError(f"grid item {item!r} has an empty value; separate values with single commas")
-            try:
-                value = parse_scalar(text)
-            except ValueError as error:
-                raise QualitySuiteError(f"grid item {item!r}: {error}") from None
-            if value is None:
-                raise QualitySuiteError(f"grid item {item!r}: value {text!r} must be a number, string or bool")
-            parsed.append(value)
-        grid[key] = parsed
     return grid
 
 
@@ -226,7 +227,7 @@ class QualitySuite(BaseModel):
         if not mixers:
             raise ValueError(f"must name at least one mixer or be {ALL_MIXERS!r}")
         for pattern in mixers:
-            parse_layer_pattern(pattern, 1)
+            parse_layer_unit(pattern)
         if len(set(mixers)) != len(mixers):
             raise ValueError(f"lists a mixer twice: {mixers}")
         return mixers
@@ -556,7 +557,7 @@ def run_quality(
     ``budget_s`` (default: the suite's) seconds in total, and return the report with the suite's leaderboard.
 
     Dropped cells, skipped runs, each run's budget and result, and failures are reported through ``log``. A run
-    that raises is recorded ``failed`` by the trainer, logged, and the suite goes on; KeyboardInterrupt stops
+    that raises is recorded ``failed`` in the store, logged, and the suite goes on; KeyboardInterrupt stops
     it (the run is recorded ``interrupted`` and resumes from its last checkpoint on the next call).
     """
     budget = _check_budget(suite.budget_s if budget_s is None else budget_s)

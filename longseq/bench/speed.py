@@ -34,7 +34,7 @@ from longseq.mixers import Mode, Pattern, PatternNotSupported, build, mixer_clas
 from longseq.mixers.base import hyper_names
 from longseq.results.provenance import collect_provenance
 from longseq.results.store import ResultsStore
-from longseq.userinput import parse_scalar
+from longseq.userinput import parse_assignments
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class SpeedBenchError(ValueError):
 
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z_][\w.:-]*)(?:\[(?P<hypers>[^\[\]]*)\])?$")
-_KEY = re.compile(r"^[A-Za-z_]\w*$")
 _RESERVED_HYPERS = ("pattern",)
 
 
@@ -91,22 +90,15 @@ def parse_mixer_spec(text: str) -> MixerSpec:
         raise SpeedBenchError(
             f"mixer spec {text!r} is malformed; expected NAME or NAME[key=value,...], e.g. 'attention[impl=math]'"
         )
-    hypers: dict[str, Any] = {}
     body = match.group("hypers")
-    for item in [] if body is None or not body.strip() else body.split(","):
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or not _KEY.match(key) or not value:
-            raise SpeedBenchError(
-                f"mixer spec {text!r}: {item.strip()!r} is not key=value; expected NAME[key=value,...]"
-            )
+    items = [] if body is None or not body.strip() else [item.strip() for item in body.split(",")]
+    try:
+        hypers = parse_assignments(items, "hyper", form="key=value, as in NAME[key=value,...]")
+    except ValueError as error:
+        raise SpeedBenchError(f"mixer spec {text!r}: {error}") from None
+    for key in _RESERVED_HYPERS:
         if key in hypers:
-            raise SpeedBenchError(f"mixer spec {text!r}: hyper {key!r} is given twice")
-        if key in _RESERVED_HYPERS:
             raise SpeedBenchError(f"mixer spec {text!r}: {key!r} is set by the bench's patterns option, not the spec")
-        try:
-            hypers[key] = parse_scalar(value)
-        except ValueError as error:
-            raise SpeedBenchError(f"mixer spec {text!r}: {key}: {error}") from None
     name = match.group("name")
     return MixerSpec(label=spec, mixer=name, hypers=_validated_hypers(name, hypers, spec))
 

@@ -12,14 +12,26 @@ from longseq.mixers import Pattern, available, build, mixer_class, validate_hype
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
-def parse_layer_pattern(layers: str, n_layers: int) -> list[str]:
-    """"mamba*3,attention" with n_layers=8 -> the unit [mamba, mamba, mamba, attention] tiled to 8 layers."""
+def parse_layer_unit(layers: str) -> list[str]:
+    """The repeating unit of a layer pattern: ``"mamba*3,attention"`` -> ``[mamba, mamba, mamba, attention]``.
+
+    A pattern is comma-separated items ``NAME`` or ``NAME*COUNT`` (COUNT >= 1); whitespace is ignored. Raises
+    ``ValueError`` naming the pattern and the bad item. The names are not checked against the registry.
+    """
+    if not isinstance(layers, str):
+        raise ValueError(f"layers={layers!r} must be a layer pattern (a str such as 'mamba*3,attention')")
     unit: list[str] = []
-    for item in layers.replace(" ", "").split(","):
+    for item in "".join(layers.split()).split(","):
         name, _, count = item.partition("*")
         if not name or (count and (not count.isdigit() or int(count) == 0)):
             raise ValueError(f"layers={layers!r}: each item is NAME or NAME*COUNT (COUNT >= 1), got {item!r}")
         unit += [name] * (int(count) if count else 1)
+    return unit
+
+
+def parse_layer_pattern(layers: str, n_layers: int) -> list[str]:
+    """"mamba*3,attention" with n_layers=8 -> the unit [mamba, mamba, mamba, attention] tiled to 8 layers."""
+    unit = parse_layer_unit(layers)
     return [unit[i % len(unit)] for i in range(n_layers)]
 
 
@@ -47,7 +59,7 @@ class ModelConfig(BaseModel):
     @classmethod
     def _known_mixers(cls, layers: str) -> str:
         names = {i.name for i in available()}
-        for name in parse_layer_pattern(layers, 1 + layers.count(",")):
+        for name in dict.fromkeys(parse_layer_unit(layers)):
             if name not in names:
                 raise ValueError(f"unknown mixer '{name}'; allowed: {', '.join(sorted(names))}")
         return layers

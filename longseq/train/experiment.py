@@ -16,7 +16,9 @@ from longseq.models import CausalLM, ModelConfig
 from longseq.results import ResultsStore
 from longseq.tasks import Task, build_task
 from longseq.train.config import TrainConfig
-from longseq.train.trainer import Trainer, TrainResult
+from longseq.train.events import TrainResult
+from longseq.train.recorder import StoreRecorder
+from longseq.train.trainer import Trainer
 
 
 class ConfigFileError(ValueError):
@@ -73,19 +75,26 @@ def default_out_dir(task: str, mixer: str) -> Path:
 def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = None, resume: bool = False,
                    command: str | None = None, progress: bool = True, suite: str | None = None,
                    cell_key: str | None = None) -> TrainResult:
-    """Build the task and a CausalLM, train, record the run (with its state size) in ``store``."""
+    """Build the task and a CausalLM and train; with a ``store``, record the run (with its state size) there.
+
+    ``command`` (the provenance's), ``suite`` and ``cell_key`` (the quality cell) go to the store's row; see
+    ``longseq.train.recorder.StoreRecorder``.
+    """
     task = config.task.build()
     model_cfg = config.model_config_for(task)
     torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
     model = CausalLM(model_cfg)
-    run_info: dict[str, Any] = {
-        "mixer": model_cfg.layers,
-        "config": {"task": task.describe(), "model": model_cfg.model_dump()},
-        "state_floats": model.state_size(task.seq_len),
-    }
-    if suite is not None:
-        run_info["suite"] = suite
-    if cell_key is not None:
-        run_info["cell_key"] = cell_key
-    trainer = Trainer(model, task, config.train, store=store, run_info=run_info, command=command, progress=progress)
+    model_data = model_cfg.model_dump()
+    recorder = None
+    if store is not None:
+        recorder = StoreRecorder(
+            store,
+            mixer=model_cfg.layers,
+            config={"task": task.describe(), "model": model_data},
+            state_floats=model.state_size(task.seq_len),
+            suite=suite,
+            cell_key=cell_key,
+            command=command,
+        )
+    trainer = Trainer(model, task, config.train, observer=recorder, model_config=model_data, progress=progress)
     return trainer.train(resume=resume)

@@ -13,7 +13,8 @@ So a run interrupted after a checkpoint and resumed gives weights bit-identical 
 device and thread count, and deterministic kernels), with or without dropout.
 
 Output layout under ``config.out_dir``: ``metrics.jsonl`` (one JSON object per line, ``"kind": "train"`` or
-``"eval"``) and ``checkpoints/step-XXXXXXXX/`` (see ``longseq.train.checkpoint``).
+``"eval"``) and ``checkpoints/step-XXXXXXXX/`` (see ``longseq.train.checkpoint``). Anything else (a results
+store) hears of the run through an observer (``longseq.train.events.TrainObserver``) and the returned result.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from longseq.results.store import ResultsStore
+from longseq.modules.optim import optim_settings
 from longseq.tasks.base import Task
 from longseq.train.checkpoint import (
     CheckpointError,
@@ -46,43 +47,17 @@ from longseq.train.checkpoint import (
     save_checkpoint,
 )
 from longseq.train.config import TRAJECTORY_FIELDS, TrainConfig
+from longseq.train.events import RunStart, SessionEnd, TrainObserver, TrainResult
 from longseq.train.schedule import warmup_cosine_scheduler
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
-RUN_INFO_KEYS = ("mixer", "config", "state_floats", "suite", "cell_key")
-STOP_REASONS = ("target", "time_budget", "steps")
 _MODEL_OUTPUT_FIELDS = ("loss", "predictions", "targets", "example_index")
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a finished ``Trainer.train`` call reports.
-
-    ``metrics``: the final evaluation on the whole test split (``{<task metric>: value, "loss": value}``);
-    ``best_metric``: the best value of the task metric over all evaluations of the run; ``wall_time_s``: wall
-    time of all training sessions of the run (up to the last checkpoint for resumed runs), evaluation
-    included; ``tokens_per_s``: input tokens per second of training-step time (evaluation excluded);
-    ``checkpoint``: the final checkpoint directory (None without ``out_dir``); ``stopped_by``: why training
-    stopped, one of ``STOP_REASONS`` — ``"target"`` (an evaluation reached ``target_metric``),
-    ``"time_budget"`` (wall time passed ``time_budget_s``) or ``"steps"`` (all ``steps`` done);
-    ``stopped_early`` is ``stopped_by != "steps"``.
-    """
-
-    run_id: str | None
-    steps: int
-    metrics: dict[str, float]
-    best_metric: float | None
-    wall_time_s: float
-    tokens_per_s: float
-    stopped_early: bool
-    checkpoint: Path | None
-    stopped_by: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,30 +96,39 @@ def batch_indices(*, seed: int, step: int, batch_size: int, num_examples: int) -
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only.
+    """AdamW groups: weight decay on matrices only, and a group for each per-parameter setting.
 
-    No decay on parameters with fewer than 2 dimensions (biases, norm scales, per-channel scalars such as
-    Mamba's ``D``), on ``nn.Embedding`` weights (decay would pull rare tokens' rows to zero), or on any
-    parameter marked ``param._no_weight_decay = True`` (e.g. SSM ``A_log``/``dt`` parameters). A weight tied to
-    an embedding counts as the embedding. Frozen parameters are left out; empty groups are omitted.
+    Default rule: ``weight_decay`` on parameters with 2 or more dimensions; no decay on the others (biases, norm
+    scales, per-channel scalars such as Mamba's ``D``) nor on ``nn.Embedding`` weights (decay would pull rare
+    tokens' rows to zero). A weight tied to an embedding counts as the embedding.
+
+    A parameter marked with ``longseq.modules.optim.set_optim`` uses its own ``weight_decay`` when set (else the
+    default rule) and its own ``lr`` when set (its group then carries ``"lr"``; groups without one take the
+    optimizer's ``lr``). Parameters with equal (lr, weight_decay) share a group. Group order is deterministic for a
+    given model, so a saved optimizer state loads into a freshly built trainer: the default-lr groups first (decay,
+    then no decay), then the others in the order their first parameter appears in ``model.parameters()``. Frozen
+    parameters are left out; empty groups are omitted.
     """
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
+    groups: dict[tuple[float | None, float], list[nn.Parameter]] = {(None, weight_decay): [], (None, 0.0): []}
     for parameter in model.parameters():  # deduplicated, so a tied weight appears once
         if not parameter.requires_grad:
             continue
-        exempt = (
-            parameter.dim() < 2 or id(parameter) in embedding_weights or getattr(parameter, "_no_weight_decay", False)
-        )
-        (no_decay if exempt else decay).append(parameter)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [group for group in groups if group["params"]]
-    if not groups:
+        settings = optim_settings(parameter)
+        default_decay = 0.0 if parameter.dim() < 2 or id(parameter) in embedding_weights else weight_decay
+        key = (settings.get("lr"), settings.get("weight_decay", default_decay))
+        groups.setdefault(key, []).append(parameter)
+    if not any(groups.values()):
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    return groups
+    return [_group(params, lr, decay) for (lr, decay), params in groups.items() if params]
+
+
+def _group(params: list[nn.Parameter], lr: float | None, weight_decay: float) -> dict[str, Any]:
+    """One optimizer parameter group; ``"lr"`` only when the parameters have their own."""
+    group: dict[str, Any] = {"params": params, "weight_decay": weight_decay}
+    if lr is not None:
+        group["lr"] = lr
+    return group
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -243,16 +227,16 @@ class _Window:
 
 
 class Trainer:
-    """Trains ``model`` on ``task`` under ``config``; optionally records the run in a results store.
+    """Trains ``model`` on ``task`` under ``config``, telling ``observer`` (if any) when a session starts and ends.
 
     model: called as ``out = model(inputs, labels=labels)`` with ``inputs, labels: (B, L) int64``; ``out`` has
     ``loss`` (scalar mean cross-entropy over supervised positions), and ``predictions``, ``targets``,
     ``example_index``: ``(N,)`` over the supervised positions. The model stays on its device; batches are
-    moved there.
+    moved there. Parameters marked with ``longseq.modules.optim.set_optim`` get their own lr and weight decay
+    (see ``parameter_groups``).
 
-    run_info (for the store): ``mixer`` (required with a store), ``config`` (model config, merged into the
-    stored config beside ``"train"``), ``state_floats``, ``suite``, ``cell_key``. ``command`` goes into the
-    provenance (default: this process's command line). ``progress=False`` disables the progress bar.
+    observer: see ``TrainObserver``. model_config: JSON-able data saved in every checkpoint's config under
+    ``"model"``, so that a checkpoint says how to rebuild its model. ``progress=False`` disables the progress bar.
     """
 
     def __init__(
@@ -261,27 +245,17 @@ class Trainer:
         task: Task,
         config: TrainConfig,
         *,
-        store: ResultsStore | None = None,
-        run_info: dict[str, Any] | None = None,
-        command: str | None = None,
+        observer: TrainObserver | None = None,
+        model_config: dict[str, Any] | None = None,
         progress: bool = True,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        run_info = dict(run_info or {})
-        unknown = sorted(set(run_info) - set(RUN_INFO_KEYS))
-        if unknown:
-            raise ValueError(f"run_info has unknown keys {unknown}; allowed: {', '.join(RUN_INFO_KEYS)}")
-        if store is not None and not isinstance(run_info.get("mixer"), str):
-            raise ValueError(
-                f"run_info['mixer'] must name the mixer (a str) when a store is given, got {run_info.get('mixer')!r}"
-            )
         self.model = model
         self.task = task
         self.config = config
-        self.store = store
-        self.run_info = run_info
-        self.command = command
+        self.observer = observer
+        self.model_config = dict(model_config or {})
         self.progress = progress
         first = next(iter(model.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
@@ -307,10 +281,11 @@ class Trainer:
         """Train to ``config.steps`` (or the target metric, or the time budget), evaluate, checkpoint; return
         the result.
 
-        ``resume=True`` continues from the latest checkpoint in ``out_dir`` (and the same store run_id);
-        resuming a finished run returns its result without training. A fresh run refuses an ``out_dir``
-        that already holds checkpoints. On an exception the store row is closed as ``"interrupted"``
-        (KeyboardInterrupt) or ``"failed"`` and the exception propagates; resume from the last checkpoint.
+        ``resume=True`` continues from the latest checkpoint in ``out_dir`` (and the run id saved there, handed to
+        the observer); resuming a finished run returns its result without training (and without telling the
+        observer). A fresh run refuses an ``out_dir`` that already holds checkpoints. On an exception the observer
+        hears ``"interrupted"`` (KeyboardInterrupt) or ``"failed"`` and the exception propagates; resume from the
+        last checkpoint.
         """
         with self._threads():
             return self._train(resume)
@@ -323,17 +298,17 @@ class Trainer:
                 return self._result(self._state.wall_time_s)
         else:
             self._start_fresh()
-        self._start_store_run()
+        self._notify_start()
         try:
             self._run_loop(session_start)
             final = self._finish(session_start)
         except KeyboardInterrupt:
-            self._close_store_run("interrupted", session_start)
+            self._notify_end("interrupted", self._result(self._elapsed(session_start)))
             raise
         except Exception:
-            self._close_store_run("failed", session_start)
+            self._notify_end("failed", self._result(self._elapsed(session_start)))
             raise
-        self._close_store_run("completed", session_start)
+        self._notify_end("completed", final)
         return final
 
     def evaluate(self, split: str = "test", num_examples: int | None = None) -> dict[str, float]:
@@ -418,7 +393,7 @@ class Trainer:
         _truncate_metrics_log(Path(self.config.out_dir) / METRICS_FILE, self._state.step)
 
     def _checkpoint_config(self) -> dict[str, Any]:
-        return {"train": self.config.to_json_dict(), "task": self.task.describe(), "run_info": self.run_info}
+        return {"train": self.config.to_json_dict(), "task": self.task.describe(), "model": self.model_config}
 
     def _check_resumable(self, directory: Path, saved: dict[str, Any]) -> None:
         """An exact resume needs the same task and the same trajectory-shaping training fields."""
@@ -433,45 +408,23 @@ class Trainer:
         if problems:
             raise CheckpointError(f"{directory}: cannot resume exactly with a different setup: " + "; ".join(problems))
 
-    # ----- results store -----
+    # ----- observer -----
 
-    def _start_store_run(self) -> None:
-        if self.store is None:
+    def _notify_start(self) -> None:
+        if self.observer is None:
             return
-        from longseq.results.provenance import collect_provenance
-
-        self._state.run_id = self.store.start_run(
-            kind="train",
-            task=self.task.name,
-            mixer=self.run_info["mixer"],
-            config={"train": self.config.to_json_dict(), **self.run_info.get("config", {})},
-            n_params=count_parameters(self.model),
-            provenance=collect_provenance(command=self.command, dtype=str(self.dtype).removeprefix("torch.")),
-            state_floats=self.run_info.get("state_floats"),
-            suite=self.run_info.get("suite"),
-            cell_key=self.run_info.get("cell_key"),
+        start = RunStart(
             run_id=self._state.run_id,
+            task=self.task.name,
+            train_config=self.config.to_json_dict(),
+            n_params=count_parameters(self.model),
+            dtype=str(self.dtype).removeprefix("torch."),
         )
+        self._state.run_id = self.observer.on_start(start)
 
-    def _close_store_run(self, status: str, session_start: float) -> None:
-        if self.store is None or self._state.run_id is None:
-            return
-        state = self._state
-        metrics = dict(state.final_metrics or state.last_eval or {})
-        metrics.update(
-            best_metric=state.best_metric,
-            train_loss=state.last_train_loss,
-            stopped_early=state.stopped_early,
-            stopped_by=state.stopped_by,
-        )
-        self.store.finish_run(
-            state.run_id,
-            status=status,
-            metrics=metrics,
-            wall_time_s=state.wall_time_s + (time.perf_counter() - session_start),
-            tokens_per_s=self._tokens_per_s(),
-            steps=state.step,
-        )
+    def _notify_end(self, status: SessionEnd, result: TrainResult) -> None:
+        if self.observer is not None:
+            self.observer.on_end(status, result)
 
     # ----- the loop -----
 
@@ -516,7 +469,7 @@ class Trainer:
             bar_task = bar.add_task(self.task.name, total=config.steps, completed=state.step, **self._bar_fields())
             while state.step < config.steps and not state.stopped_early:
                 started = time.perf_counter()
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = self._scheduled_lr()
                 loss, grad_norm, tokens = self._train_step(state.step)
                 state.step += 1
                 state.tokens += tokens
@@ -539,6 +492,10 @@ class Trainer:
                 if checkpoint_now and not final and not state.stopped_early:
                     self._save(session_start)
                 bar.update(bar_task, completed=state.step, **self._bar_fields())
+
+    def _scheduled_lr(self) -> float:
+        """``config.lr`` times the schedule's current factor: the lr of the groups without their own."""
+        return self.config.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
     def _log_train(self, lr: float, loss: float, grad_norm: float, steps: int, session_start: float) -> None:
         state = self._state
@@ -654,13 +611,14 @@ class Trainer:
         return TrainResult(
             run_id=state.run_id,
             steps=state.step,
-            metrics=dict(state.final_metrics or {}),
+            metrics=dict(state.final_metrics or state.last_eval or {}),
             best_metric=state.best_metric,
             wall_time_s=wall_time_s,
             tokens_per_s=self._tokens_per_s(),
             stopped_early=state.stopped_early,
             checkpoint=checkpoint,
             stopped_by=state.stopped_by,
+            train_loss=state.last_train_loss,
         )
 
     def _progress_bar(self) -> Progress:
