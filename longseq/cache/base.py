@@ -13,7 +13,7 @@ class KVCache(Protocol):
 
     ``append`` writes new entries in place (a cache is never copied whole per token); ``keys``/``values`` return
     views of the cached entries and ``valid`` says which of them are real tokens (False = a masked position, which
-    must receive no attention: it is the "no KV entry" of DESIGN.md §2 for a batch whose rows advance together).
+    must receive no attention: it is the "no KV entry" of docs/design.md §4 for a batch whose rows advance together).
     """
 
     @property

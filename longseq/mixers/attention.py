@@ -10,7 +10,8 @@ non-causal cross compute the same function; only the causal one streams.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+import typing
+from typing import Annotated
 
 import torch
 from einops import rearrange
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from longseq.cache import FullCache
 from longseq.mixers.base import InvalidHyper, Mixer, Pattern, SequenceTooLong, register
-from longseq.ops.attention import softmax_attention
+from longseq.ops.attention import AttentionImpl, softmax_attention
 from longseq.ops.rotary import apply_rotary, rotary_cos_sin
 from longseq.state import State
 
@@ -55,7 +56,6 @@ def token_positions(mask: Tensor | None, batch: int, length: int, device: torch.
 
 @register("attention")
 class Attention(Mixer):
-    impls = ("sdpa", "math")
     complexity = "O(L^2 d)"
     state_formula = "2·L·d (K and V of every token); cross: 2·S·d (the projected memory)"
     test_hypers = ({"n_heads": 2, "impl": "sdpa"}, {"n_heads": 2, "impl": "math"})
@@ -67,7 +67,7 @@ class Attention(Mixer):
         pattern: Pattern | str = Pattern.CAUSAL_SELF,
         max_len: Annotated[int, Field(gt=0)] | None = None,
         n_heads: Annotated[int, Field(gt=0)] | None = None,
-        impl: Literal["sdpa", "math"] = "sdpa",
+        impl: AttentionImpl = "sdpa",
         rope: bool = True,
         rope_base: Annotated[float, Field(gt=1.0)] = 10000.0,
         dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
@@ -83,7 +83,7 @@ class Attention(Mixer):
         self.use_rope = rope and not self.pattern.is_cross
         if self.use_rope and self.head_dim % 2:
             raise InvalidHyper(f"mixer 'attention': RoPE needs an even head size, got d_model/n_heads={self.head_dim}")
-        if impl not in self.impls:
+        if impl not in typing.get_args(AttentionImpl):
             raise InvalidHyper(f"mixer 'attention': impl={impl!r} is not allowed; allowed: 'sdpa', 'math'")
         self.impl, self.rope_base, self.dropout = impl, rope_base, dropout
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)

@@ -95,23 +95,15 @@ class UnknownMixer(ValueError):
     """``build`` was asked for a name that is not registered."""
 
 
-def check_choice(mixer: str, name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    """Raise ``InvalidHyper`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        options = ", ".join(map(repr, allowed))
-        raise InvalidHyper(f"mixer '{mixer}': {name}={value!r} is not allowed; allowed: {options}")
-
-
 # ----------------------------------------------------------------------------------------------------
 # The Mixer
 
 
 class Mixer(nn.Module):
-    """Base class of all token mixers. See DESIGN.md §2 and docs/adding-a-mixer.md.
+    """Base class of all token mixers. See docs/design.md §2 and docs/adding-a-mixer.md.
 
     Class attributes a mixer declares:
         name: set by ``@register``.
-        impls: alternative computations of the same function, selected by the ``impl`` hyper.
         complexity: time complexity of the parallel form, e.g. "O(L^2 d)".
         state_formula: the streaming state size in words, e.g. "2·L·d (K and V)".
         test_hypers: small settings for the contract suite; each window/chunk/landmark count below L/2.
@@ -127,7 +119,6 @@ class Mixer(nn.Module):
     """
 
     name: ClassVar[str] = "mixer"
-    impls: ClassVar[tuple[str, ...]] = ()
     complexity: ClassVar[str] = ""
     state_formula: ClassVar[str] = ""
     test_hypers: ClassVar[tuple[dict[str, Any], ...]] = ({},)
@@ -392,13 +383,20 @@ def build(name: str, d_model: int, **hypers: Any) -> Mixer:
     return mixer_class(name)(d_model, **validate_hypers(name, hypers))
 
 
+def impl_choices(cls: type[Mixer]) -> tuple[str, ...]:
+    """The values of the mixer's ``impl`` hyper (alternative computations of the same function), read from its
+    ``Literal`` type, so they are spelled once; () for a mixer without one."""
+    hint = typing.get_type_hints(cls.__init__).get("impl")
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else ()
+
+
 def info(name: str) -> MixerInfo:
     cls = mixer_class(name)
     return MixerInfo(
         name=name,
         cls=cls,
         patterns=cls.supported_patterns(),
-        impls=cls.impls,
+        impls=impl_choices(cls),
         complexity=cls.complexity,
         state_formula=cls.state_formula,
     )
