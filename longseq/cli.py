@@ -311,6 +311,34 @@ def report(
     console.print(f"report: {md}\nreport: {html}")
 
 
+@app.command()
+@cli_errors
+def check(
+    name: Annotated[str, typer.Argument(help="A registered mixer.")],
+    hyper: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper (repeatable); default: its test_hypers.")]
+    = None,
+    imports: Annotated[list[str] | None, typer.Option("--import", help="Module or .py file registering mixers.")]
+    = None,
+) -> None:
+    """Hold a mixer to the contract: every check in every supported pattern, all failures reported. Exit code 1
+    when a check fails."""
+    from longseq.bench.isolate import import_extension
+    from longseq.mixers import mixer_class
+    from longseq.testing import check_mixer
+
+    for spec in imports or ():
+        import_extension(spec)
+    given = parse_assignments(hyper or [], "--hyper")
+    settings = [given] if given else list(mixer_class(name).test_hypers)
+    failed = False
+    for hypers in settings:
+        report = check_mixer(name, **hypers)
+        console.print(escape(report.summary()), highlight=False)
+        failed |= not report.ok
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

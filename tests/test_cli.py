@@ -27,9 +27,18 @@ def test_list_shows_mixers_and_tasks():
 
 
 def test_help_on_every_command():
-    for cmd in ([], ["list"], ["train"], ["demo"], ["bench"], ["bench", "speed"], ["bench", "quality"], ["report"]):
+    for cmd in ([], ["list"], ["train"], ["demo"], ["bench"], ["bench", "speed"], ["bench", "quality"], ["report"],
+                ["check"]):
         r = run([*cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_check_prints_a_clean_report_for_attention_and_refuses_bad_hypers():
+    r = run(["check", "attention", "--hyper", "n_heads=2"])
+    assert r.exit_code == 0, r.output
+    assert "causal_self      23 passed, 0 failed" in r.output and "all checks passed" in r.output
+    r = run(["check", "attention", "--hyper", "n_heads=3"])
+    assert r.exit_code == 2 and "not divisible by n_heads=3" in r.output
 
 
 def test_train_records_the_run_and_resume_of_a_finished_run_is_a_no_op(tmp_path: Path):

@@ -82,8 +82,11 @@ def run_check(check: ContractCheck, name: str, hypers: dict[str, Any], pattern: 
 
 def check_mixer(name: str, **hypers: Any) -> ContractReport:
     """Run every contract check on mixer ``name`` (built with d_model 16 and ``hypers``) in every pattern it
-    supports with those hypers; return the report of all outcomes."""
+    supports with those hypers; return the report of all outcomes. Hypers the mixer refuses raise its error
+    (``InvalidHyper``, ...) before any check runs: they are bad input, not a broken contract."""
     patterns = sorted(mixer_class(name).supported_patterns(**hypers))
+    for pattern in patterns:
+        build(name, D_MODEL, **{**hypers, "pattern": pattern})
     report = ContractReport(name, dict(hypers))
     for pattern in patterns:
         report.outcomes += [run_check(check, name, hypers, pattern) for check in CHECKS if check.patterns(pattern)]
