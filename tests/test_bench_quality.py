@@ -26,7 +26,7 @@ from longseq.bench.quality import (
     run_quality,
 )
 from longseq.mixers import Mixer, Pattern, available, register
-from longseq.mixers.base import _REGISTRY
+from longseq.mixers.registry import _REGISTRY
 from longseq.results.store import ResultsStore
 from longseq.train import TrainResult
 

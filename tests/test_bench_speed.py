@@ -26,7 +26,7 @@ from longseq.bench.speed import (
     write_rows_csv,
     write_rows_json,
 )
-from longseq.mixers.base import _REGISTRY
+from longseq.mixers.registry import _REGISTRY
 from longseq.results.store import ResultsStore
 
 FAULTY = Path(__file__).with_name("bench_faulty_mixers.py")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pkgutil
+from typing import Literal
+
 import pytest
 import torch
 
@@ -16,7 +19,7 @@ from longseq.mixers import (
     available,
     build,
 )
-from longseq.mixers.base import _REGISTRY, register
+from longseq.mixers.registry import _REGISTRY, impl_choices, register
 
 
 def test_available_lists_attention_with_its_properties():
@@ -104,3 +107,29 @@ def test_bad_inputs_are_refused_clearly():
         cross(torch.randn(1, 9, 16))
     with pytest.raises(ValueError, match="takes no context"):
         m(torch.randn(1, 9, 16), context=torch.randn(1, 3, 16))
+
+
+def test_every_module_under_mixers_is_imported_and_registers_a_mixer():
+    """A mixer file that ``longseq/mixers/__init__.py`` forgets to import would silently leave the contract suite."""
+    import longseq.mixers
+
+    modules = {m.name for m in pkgutil.iter_modules(longseq.mixers.__path__)} - {"base", "registry"}
+    registering = {cls.__module__.removeprefix("longseq.mixers.") for cls in _REGISTRY.values()
+                   if cls.__module__.startswith("longseq.mixers.")}
+    assert modules - registering == set(), "modules under longseq/mixers/ that register no mixer (import them?)"
+    assert "attention" in modules
+
+
+def test_impls_are_read_from_the_impl_hypers_literal_type():
+    class TwoWays(Mixer):
+        def __init__(self, d_model: int, *, pattern: Pattern | str = Pattern.CAUSAL_SELF, max_len: int | None = None,
+                     impl: Literal["fast", "ref"] = "fast") -> None:
+            super().__init__(d_model, pattern=pattern, max_len=max_len)
+
+    class OneWay(Mixer):
+        def __init__(self, d_model: int, *, pattern: Pattern | str = Pattern.CAUSAL_SELF,
+                     max_len: int | None = None) -> None:
+            super().__init__(d_model, pattern=pattern, max_len=max_len)
+
+    assert impl_choices(TwoWays) == ("fast", "ref")
+    assert impl_choices(OneWay) == ()

@@ -164,7 +164,7 @@ def measure_point(job: PointJob, seq_len: int) -> dict[str, Any]:
 
 def _measure(job: PointJob, seq_len: int) -> dict[str, Any]:
     from longseq.mixers import build, mixer_class
-    from longseq.mixers.base import hyper_names
+    from longseq.mixers.registry import hyper_names
 
     device, dtype = torch.device(job.device), getattr(torch, job.dtype)
     hypers = dict(job.hypers)

@@ -54,7 +54,7 @@ from rich.table import Table
 
 from longseq.bench.ranking import RUNNER_TRAIN_FIELDS, format_value, rank_runs
 from longseq.mixers import Pattern, available, mixer_class
-from longseq.mixers.base import hyper_names
+from longseq.mixers.registry import hyper_names
 from longseq.models.config import ModelConfig, parse_layer_unit
 from longseq.results.store import ResultsStore
 from longseq.tasks import available_tasks

@@ -31,7 +31,7 @@ from longseq.bench.fit import fit_loglog
 from longseq.bench.isolate import DTYPES, Outcome, PointJob, Worker, import_extension
 from longseq.bench.memory import format_bytes, total_ram_bytes
 from longseq.mixers import Mode, Pattern, PatternNotSupported, build, mixer_class, validate_hypers
-from longseq.mixers.base import hyper_names
+from longseq.mixers.registry import hyper_names
 from longseq.results.provenance import collect_provenance
 from longseq.results.store import ResultsStore
 from longseq.userinput import parse_assignments

@@ -1,18 +1,25 @@
-"""Token mixers behind one contract (base.py). Importing this package registers every mixer."""
+"""Token mixers behind one contract (base.py), built by name from the registry (registry.py).
+
+Importing this package registers every mixer: each module below is imported here, and a test fails for a module
+under ``longseq/mixers/`` that registers nothing, so a forgotten import cannot drop a mixer from the contract suite.
+"""
 
 from longseq.mixers import attention as _attention  # noqa: F401  (registers "attention")
 from longseq.mixers.base import (
     InvalidHyper,
     Mixer,
-    MixerInfo,
     Mode,
     ModeNotSupported,
     Pattern,
     PatternNotSupported,
     SequenceTooLong,
     UnknownMixer,
+)
+from longseq.mixers.registry import (
+    MixerInfo,
     available,
     build,
+    hyper_names,
     info,
     mixer_class,
     register,
@@ -22,6 +29,6 @@ from longseq.state import State
 
 __all__ = [
     "InvalidHyper", "Mixer", "MixerInfo", "Mode", "ModeNotSupported", "Pattern", "PatternNotSupported",
-    "SequenceTooLong", "State", "UnknownMixer", "available", "build", "info", "mixer_class", "register",
-    "validate_hypers",
+    "SequenceTooLong", "State", "UnknownMixer", "available", "build", "hyper_names", "info", "mixer_class",
+    "register", "validate_hypers",
 ]

@@ -19,7 +19,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.cache import FullCache
-from longseq.mixers.base import InvalidHyper, Mixer, Pattern, SequenceTooLong, register
+from longseq.mixers.base import InvalidHyper, Mixer, Pattern, SequenceTooLong
+from longseq.mixers.registry import register
 from longseq.ops.attention import AttentionImpl, softmax_attention
 from longseq.ops.rotary import apply_rotary, rotary_cos_sin
 from longseq.state import State
