@@ -14,6 +14,7 @@ from longseq.ops.fft_conv import (
     toeplitz_conv_bidirectional_ref,
     toeplitz_conv_ref,
 )
+from longseq.testing.oracle import assert_same_function
 
 F64 = torch.float64
 
@@ -22,24 +23,13 @@ def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=F64, requires_grad=True)
 
 
-def _assert_same_function(got: torch.Tensor, want: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-    """Same outputs, and the same gradient of a random projection of them w.r.t. every input."""
-    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
-    cot = torch.randn(want.shape, dtype=want.dtype)
-    # An input that cannot act (k_bwd when L = 1) gets a zero gradient, not "unused".
-    g_got = torch.autograd.grad(got, inputs, cot, materialize_grads=True)
-    g_want = torch.autograd.grad(want, inputs, cot, materialize_grads=True)
-    for i, (a, b) in enumerate(zip(g_got, g_want, strict=True)):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=lambda m, i=i: f"gradient of input {i}: {m}")
-
-
 @settings(max_examples=25, deadline=None)
 @given(length=st.integers(1, 40), k_len=st.integers(1, 50), skip=st.booleans(), seed=st.integers(0, 2**16))
 def test_fft_conv_matches_toeplitz(length, k_len, skip, seed):
     g = torch.Generator().manual_seed(seed)
     u, k, D = _randn(g, 2, 3, length), _randn(g, 3, k_len), _randn(g, 3) if skip else None
     inputs = [u, k] + ([D] if skip else [])
-    _assert_same_function(fft_conv(u, k, D=D), toeplitz_conv_ref(u, k, D=D), inputs)
+    assert_same_function(fft_conv(u, k, D=D), toeplitz_conv_ref(u, k, D=D), inputs)
 
 
 @settings(max_examples=25, deadline=None)
@@ -49,7 +39,7 @@ def test_fft_conv_bidirectional_matches_toeplitz(length, f_len, b_len, skip, see
     g = torch.Generator().manual_seed(seed)
     u, kf, kb, D = _randn(g, 2, 3, length), _randn(g, 3, f_len), _randn(g, 3, b_len), _randn(g, 3) if skip else None
     inputs = [u, kf, kb] + ([D] if skip else [])
-    _assert_same_function(fft_conv_bidirectional(u, kf, kb, D=D), toeplitz_conv_bidirectional_ref(u, kf, kb, D=D),
+    assert_same_function(fft_conv_bidirectional(u, kf, kb, D=D), toeplitz_conv_bidirectional_ref(u, kf, kb, D=D),
                           inputs)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from longseq.ops.short_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
+from longseq.testing.oracle import assert_same_function
 
 F64 = torch.float64
 B, D, L = 3, 16, 32
@@ -40,15 +41,9 @@ def test_fast_matches_reference(width, masked, with_state, activation, with_bias
                   return_final_state=True, mask=_holes() if masked else None)
     y, state = causal_conv1d(x, w, **kwargs)
     y_ref, state_ref = causal_conv1d_ref(x, w, **kwargs)
-    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(state, state_ref, atol=0, rtol=0)
+    torch.testing.assert_close(state, state_ref, atol=0, rtol=0)  # the state is a copy of inputs: exact
     inputs = [x, w] + ([b] if with_bias else []) + ([s0] if with_state else [])
-    cot_y, cot_s = torch.randn_like(y), torch.randn_like(state)
-    grads = torch.autograd.grad((y * cot_y).sum() + (state * cot_s).sum(), inputs, materialize_grads=True)
-    grads_ref = torch.autograd.grad((y_ref * cot_y).sum() + (state_ref * cot_s).sum(), inputs,
-                                    materialize_grads=True)
-    for i, (a, r) in enumerate(zip(grads, grads_ref, strict=True)):
-        torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10, msg=lambda m, i=i: f"gradient of input {i}: {m}")
+    assert_same_function((y, state), (y_ref, state_ref), inputs)
 
 
 def test_update_is_the_formula():
