@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from longseq.mixers.base import Mixer, Pattern
+from longseq.mixers.base import Mixer, Mode, Pattern
 from longseq.state import State
 from longseq.testing import contract as C
 from longseq.testing.report import D_MODEL
@@ -84,6 +84,12 @@ class ToyDecay(Mixer):
     def _output(self, h: Tensor, prev_term: Tensor, mask: Tensor | None) -> Tensor:
         num, den = h.chunk(2, dim=-1)
         y = self.w_out(_Divide.apply(num, den, self.bug != "nan_empty_row", self.bug == "wrong_backward")) + prev_term
+        if self.training and self.bug == "train_rescale":  # inverted-dropout scaling left on with nothing dropped
+            y = y / 0.9
+        if self.bug == "nondeterministic":  # e.g. a reduction whose order changes from call to call
+            y = y * (1 + 1e-14 * torch.rand((), dtype=y.dtype))
+        if self.bug == "bf16_output" and h.dtype == torch.bfloat16:  # computed in float32, never cast back
+            y = y.float()
         return y if mask is None else torch.where(mask[..., None], y, 0.0)
 
     def _lookback(self, x: Tensor, mask: Tensor | None, prev: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,9 +137,14 @@ class ToyDecay(Mixer):
         h = torch.zeros(batch_size, 2 * self.d_model, dtype=self._dtype())
         return DecayState(h=h.T if self.bug == "transposed_state" else h, prev=zeros)
 
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return tuple(Mode) if self.bug == "streams_noncausal" else super().modes
+
     def _forward_stream(self, x, state, *, mask):
         state.length += x.shape[1]
-        self._check_length(state.length)
+        if self.bug != "ignores_max_len":
+            self._check_length(state.length)
         u, log_a = self._drive(x, mask)
         h0 = state.h.T if self.bug == "transposed_state" else state.h
         h = self._scan_chunked(u, log_a, h0)
@@ -157,7 +168,8 @@ class ToyDecay(Mixer):
         # alone are each right, a step after a stream (or the reverse) is not.
         prev_term = state.prev if self.bug == "mixed_modes" else self.w_prev(state.prev)
         state.length += 1
-        self._check_length(state.length)
+        if self.bug != "ignores_max_len":
+            self._check_length(state.length)
         y = self._output(h[:, None], prev_term[:, None], mask)[:, 0]
         new_prev = self.w_prev(x_t) if self.bug == "mixed_modes" else x_t.clone()
         if self.bug != "stream_forgets":
@@ -174,12 +186,12 @@ def toy(bug: str | None = None, pattern: Pattern = Pattern.CAUSAL_SELF, **build)
     return ToyDecay(D_MODEL, pattern=pattern, bug=bug, **build).double().eval()
 
 
-def failed_checks(bug: str | None) -> set[str]:
+def failed_checks(bug: str | None, pattern: Pattern = Pattern.CAUSAL_SELF) -> set[str]:
     failed = set()
     for check in C.CHECKS:
-        if check.patterns(Pattern.CAUSAL_SELF):
+        if check.patterns(pattern):
             try:
-                check.run(toy(bug, **dict(check.build)))
+                check.run(toy(bug, pattern, **dict(check.build)))
             except AssertionError:
                 failed.add(check.name)
     return failed
@@ -193,32 +205,47 @@ PADDING = {"padding_left", "padding_right", "padding_holes", "train_mode_padding
 STREAMING = {"stream", "mixed_modes", "train_mode_stream"}
 
 
-@pytest.mark.parametrize(
-    ("bug", "caught_by"),
-    [
-        # the first suite's bugs
-        ("peeks_ahead", {"causal_prefix", "causal_jacobian", "step", *STREAMING, *PADDING}),
-        ("padding_leak", {"padding_left", "padding_holes", "train_mode_padding"}),  # right padding comes after
-        ("batch_leak", {"batch_independence", "state_select", *PADDING}),  # select changes the batch
-        ("stream_forgets", {"stream", "step", "mixed_modes", "train_mode_stream", *PADDING}),
-        ("state_size_lie", {"state_size"}),
-        # the bugs the first suite let through
-        ("carry_drop", {*STREAMING, *PADDING}),  # chunks longer than the internal block of 8 lose their carry
-        ("aliases_input", {"no_aliasing"}),
-        ("state_on_module", {"interleaved_streams", "state_select"}),
-        ("transposed_state", {"state_select", "state_size"}),
-        ("padded_decay", {"padding_holes", "train_mode_padding"}),
-        ("step_ignores_mask", PADDING),
-        ("mixed_modes", {"mixed_modes", "train_mode_stream"}),
-        ("train_mask", {"train_mode_padding"}),
-        ("float32_overflow", {"float32_long"}),
-        ("wrong_backward", {"gradients_forward", "gradients_stream"}),
-        ("detached_state", {"gradients_stream"}),
-        ("nan_empty_row", {"padding_left", "padding_holes", "train_mode_padding"}),
-    ],
-)
+BUGS: dict[str, set[str]] = {
+    # the first suite's bugs
+    "peeks_ahead": {"causal_prefix", "causal_jacobian", "step", *STREAMING, *PADDING},
+    "padding_leak": {"padding_left", "padding_holes", "train_mode_padding"},  # right padding comes after
+    "batch_leak": {"batch_independence", "state_select", *PADDING},  # select changes the batch
+    "stream_forgets": {"stream", "step", "mixed_modes", "train_mode_stream", *PADDING},
+    "state_size_lie": {"state_size"},
+    # the bugs the first suite let through, and one per remaining check
+    "carry_drop": {*STREAMING, *PADDING},  # chunks longer than the internal block of 8 lose their carry
+    "aliases_input": {"no_aliasing"},
+    "state_on_module": {"interleaved_streams", "state_select"},
+    "transposed_state": {"state_select", "state_size"},
+    "padded_decay": {"padding_holes", "train_mode_padding"},
+    "step_ignores_mask": PADDING,
+    "mixed_modes": {"mixed_modes", "train_mode_stream"},
+    "train_mask": {"train_mode_padding"},
+    "float32_overflow": {"float32_long"},
+    "wrong_backward": {"gradients_forward", "gradients_stream"},
+    "detached_state": {"gradients_stream"},
+    "nan_empty_row": {"padding_left", "padding_holes", "train_mode_padding"},
+    "train_rescale": {"train_matches_eval"},
+    "nondeterministic": {"eval_deterministic"},
+    "ignores_max_len": {"max_len"},
+    "bf16_output": {"dtypes"},
+}
+
+
+@pytest.mark.parametrize(("bug", "caught_by"), BUGS.items())
 def test_each_bug_is_caught_by_the_checks_about_it(bug, caught_by):
     assert failed_checks(bug) == caught_by
+
+
+def test_every_check_is_shown_to_bite():
+    shown = set().union(*BUGS.values()) | {"noncausal_sees_future", "refuses_streaming"}  # the non-causal tests below
+    assert {check.name for check in C.CHECKS} - shown == set()
+
+
+def test_a_noncausal_mixer_that_streams_is_caught():
+    """The toy is causal, so as ``noncausal_self`` it fails the negative check; streaming adds exactly one failure."""
+    assert failed_checks(None, Pattern.NONCAUSAL_SELF) == {"noncausal_sees_future"}
+    assert failed_checks("streams_noncausal", Pattern.NONCAUSAL_SELF) == {"noncausal_sees_future", "refuses_streaming"}
 
 
 def test_leaky_causal_claim_is_caught_by_both_causality_checks():

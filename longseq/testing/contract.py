@@ -36,7 +36,7 @@ from longseq.testing.inputs import (
     stream,
 )
 
-EXACT_ATOL = 1e-9  # float64: streaming, padding and prefix results must match to rounding
+EXACT_ATOL = 1e-9  # float64: results must match to rounding; bit-identity is eval_deterministic's alone
 
 
 def _max_err(a: Tensor, b: Tensor) -> float:
@@ -44,8 +44,8 @@ def _max_err(a: Tensor, b: Tensor) -> float:
 
 
 def _close(a: Tensor, b: Tensor, atol: float, what: str) -> None:
-    if a.shape != b.shape:
-        raise AssertionError(f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise AssertionError(f"{what}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}")
     err = _max_err(a, b)
     assert err <= atol, f"{what}: max abs difference {err:.3e} > {atol:.1e}"
 
@@ -186,7 +186,7 @@ def _check_no_aliasing(mixer: Mixer, sizes: Sizes, masked: bool) -> None:
             outputs.append(y)
             clobber(x_in, m_in)
         t += n
-    _close(torch.cat(outputs, dim=1), want, 0.0,
+    _close(torch.cat(outputs, dim=1), want, EXACT_ATOL,
            f"{_who(mixer)}: outputs changed when the caller overwrote its inputs{' and masks' if masked else ''}, "
            f"or an earlier output, after the call returned (a state or output aliases the caller's tensors or is "
            f"updated in place)")
@@ -209,7 +209,7 @@ def check_interleaved_streams(mixer: Mixer, sizes: Sizes = SIZES) -> None:
                 outs[k].append(ys)
         t += n
     for k, name in enumerate(("first", "second")):
-        _close(torch.cat(outs[k], dim=1), alone[k], 0.0,
+        _close(torch.cat(outs[k], dim=1), alone[k], EXACT_ATOL,
                f"{_who(mixer)}: the {name} of two interleaved streams differs from it run alone "
                f"(state kept outside the State, e.g. on the module)")
 
@@ -322,7 +322,7 @@ def check_batch_independence(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     x2 = x.detach().clone()
     x2[1:] += 1.0
     ctx2 = None if ctx is None else torch.cat([ctx[:1], ctx[1:] + 1.0])
-    _close(mixer(x2, context=ctx2)[0], y[0], 0.0, f"{_who(mixer)}: row 0 after changing row 1")
+    _close(mixer(x2, context=ctx2)[0], y[0], EXACT_ATOL, f"{_who(mixer)}: row 0 after changing row 1")
     (grad,) = torch.autograd.grad(y[0].sum(), x)
     assert grad[1:].abs().max().item() == 0.0, f"{mixer.name}: row 0's output has a gradient w.r.t. row 1"
 
@@ -501,6 +501,11 @@ def check_dtype(mixer: Mixer, dtype: torch.dtype, sizes: Sizes = SIZES) -> None:
         assert torch.isfinite(y).all(), f"{mixer.name} {what}: non-finite output in {dtype}"
 
 
+def check_dtypes(mixer: Mixer, sizes: Sizes = SIZES) -> None:
+    for dtype in (torch.float64, torch.bfloat16):
+        check_dtype(mixer, dtype, sizes)
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 
@@ -568,6 +573,5 @@ CHECKS: tuple[ContractCheck, ...] = (
     ContractCheck("refuses_streaming", check_refuses_streaming, _noncausal),
     ContractCheck("max_len", check_max_len, build=(("max_len", SIZES.seq_len // 2),)),
     ContractCheck("state_size", check_state_size, _causal),
-    ContractCheck("dtype_float64", lambda m: check_dtype(m, torch.float64)),
-    ContractCheck("dtype_bfloat16", lambda m: check_dtype(m, torch.bfloat16)),
+    ContractCheck("dtypes", check_dtypes),
 )
