@@ -32,6 +32,7 @@ from longseq.testing.inputs import (
     padded_batch,
     random_splits,
     run_schedule,
+    schedule_calls,
     step_all,
     stream,
 )
@@ -174,18 +175,16 @@ def _check_no_aliasing(mixer: Mixer, sizes: Sizes, masked: bool) -> None:
     ctx_valid_in = None if ctx_valid is None else ctx_valid.clone()
     state = mixer.init_state(x.shape[0], context=ctx_in, context_mask=ctx_valid_in)
     clobber(ctx_in, ctx_valid_in)
-    outputs, t = [], 0
-    for mode, n in schedule:
-        for i, width in [(t, n)] if mode == "stream" else [(j, 1) for j in range(t, t + n)]:
-            x_in, m_in = fresh(x, i, width), fresh(valid, i, width)
-            if mode == "stream":
-                y, state = mixer.forward_stream(x_in, state, mask=m_in)
-            else:
-                y_t, state = mixer.step(x_in[:, 0], state, mask_t=None if m_in is None else m_in[:, 0])
-                y = y_t[:, None]
-            outputs.append(y)
-            clobber(x_in, m_in)
-        t += n
+    outputs = []
+    for mode, i, width in schedule_calls(schedule):
+        x_in, m_in = fresh(x, i, width), fresh(valid, i, width)
+        if mode == "stream":
+            y, state = mixer.forward_stream(x_in, state, mask=m_in)
+        else:
+            y_t, state = mixer.step(x_in[:, 0], state, mask_t=None if m_in is None else m_in[:, 0])
+            y = y_t[:, None]
+        outputs.append(y)
+        clobber(x_in, m_in)
     _close(torch.cat(outputs, dim=1), want, EXACT_ATOL,
            f"{_who(mixer)}: outputs changed when the caller overwrote its inputs{' and masks' if masked else ''}, "
            f"or an earlier output, after the call returned (a state or output aliases the caller's tensors or is "
@@ -201,13 +200,10 @@ def check_interleaved_streams(mixer: Mixer, sizes: Sizes = SIZES) -> None:
     alone = [run_schedule(mixer, xa, ca, schedule)[0], run_schedule(mixer, xb, cb, schedule)[0]]
     states = [mixer.init_state(xa.shape[0], context=ca), mixer.init_state(xb.shape[0], context=cb)]
     outs: list[list[Tensor]] = [[], []]
-    t = 0
-    for mode, n in schedule:
-        for i, width in [(t, n)] if mode == "stream" else [(j, 1) for j in range(t, t + n)]:
-            for k, x in enumerate((xa, xb)):
-                ys, states[k] = run_schedule(mixer, x[:, i:i + width], None, [(mode, width)], state=states[k])
-                outs[k].append(ys)
-        t += n
+    for mode, i, width in schedule_calls(schedule):
+        for k, x in enumerate((xa, xb)):
+            ys, states[k] = run_schedule(mixer, x[:, i:i + width], None, [(mode, width)], state=states[k])
+            outs[k].append(ys)
     for k, name in enumerate(("first", "second")):
         _close(torch.cat(outs[k], dim=1), alone[k], EXACT_ATOL,
                f"{_who(mixer)}: the {name} of two interleaved streams differs from it run alone "

@@ -7,7 +7,7 @@ the whole registry is checked in CI; the float32 check alone runs at a longer le
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -86,27 +86,37 @@ def step_all(mixer: Mixer, x: Tensor, ctx: Tensor | None, *, mask: Tensor | None
     return run_schedule(mixer, x, ctx, [("step", x.shape[1])], mask=mask, context_mask=context_mask)
 
 
+def schedule_calls(schedule: Schedule) -> Iterator[tuple[Literal["stream", "step"], int, int]]:
+    """The calls a schedule makes, as (mode, first token, number of tokens): a step call is one token."""
+    t = 0
+    for mode, n in schedule:
+        if mode == "stream":
+            yield mode, t, n
+        else:
+            yield from ((mode, i, 1) for i in range(t, t + n))
+        t += n
+
+
 def run_schedule(mixer: Mixer, x: Tensor, ctx: Tensor | None, schedule: Schedule, *, mask: Tensor | None = None,
                  context_mask: Tensor | None = None, state: State | None = None) -> tuple[Tensor, State]:
     """Feed x through ``forward_stream`` and ``step`` calls as ``schedule`` says, starting from ``state`` (or a
     fresh one). Returns the concatenated outputs and the final state."""
+    if sum(n for _, n in schedule) != x.shape[1]:
+        raise ValueError(f"schedule {schedule} does not cover the {x.shape[1]} tokens of x")
     if state is None:
         state = mixer.init_state(x.shape[0], context=ctx, context_mask=context_mask)
-    ys, t = [], 0
-    for mode, n in schedule:
+    ys = []
+    for mode, t, n in schedule_calls(schedule):
+        m = None if mask is None else mask[:, t:t + n]
         if mode == "stream":
-            y, state = mixer.forward_stream(x[:, t:t + n], state, mask=None if mask is None else mask[:, t:t + n])
-            ys.append(y)
+            y, state = mixer.forward_stream(x[:, t:t + n], state, mask=m)
         else:
-            for i in range(t, t + n):
-                y_t, state = mixer.step(x[:, i], state, mask_t=None if mask is None else mask[:, i])
-                if y_t.shape != x[:, i].shape:
-                    raise AssertionError(f"{mixer.name}: step returned shape {tuple(y_t.shape)}, "
-                                         f"expected {tuple(x[:, i].shape)}")
-                ys.append(y_t[:, None])
-        t += n
-    if t != x.shape[1]:
-        raise ValueError(f"schedule {schedule} covers {t} tokens, x has {x.shape[1]}")
+            y_t, state = mixer.step(x[:, t], state, mask_t=None if m is None else m[:, 0])
+            if y_t.shape != x[:, t].shape:
+                raise AssertionError(f"{mixer.name}: step returned shape {tuple(y_t.shape)}, "
+                                     f"expected {tuple(x[:, t].shape)}")
+            y = y_t[:, None]
+        ys.append(y)
     return torch.cat(ys, dim=1), state
 
 
