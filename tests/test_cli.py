@@ -9,7 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from longseq.cli import app
+from longseq.mixers import Pattern
 from longseq.results import ResultsStore
+from longseq.testing.contract import CHECKS
 
 TINY = ["--seq-len", "16", "--kv-pairs", "2", "--vocab", "32", "--d-model", "16", "--layers", "1",
         "--train-examples", "64", "--test-examples", "16", "--steps", "6", "--batch-size", "4", "--eval-every", "3",
@@ -36,7 +38,8 @@ def test_help_on_every_command():
 def test_check_prints_a_clean_report_for_attention_and_refuses_bad_hypers():
     r = run(["check", "attention", "--hyper", "n_heads=2"])
     assert r.exit_code == 0, r.output
-    assert "causal_self      23 passed, 0 failed" in r.output and "all checks passed" in r.output
+    n_causal = sum(check.patterns(Pattern.CAUSAL_SELF) for check in CHECKS)
+    assert f"causal_self      {n_causal} passed, 0 failed" in r.output and "all checks passed" in r.output
     r = run(["check", "attention", "--hyper", "n_heads=3"])
     assert r.exit_code == 2 and "not divisible by n_heads=3" in r.output
 
