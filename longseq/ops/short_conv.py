@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.ops.pack import pack, unpack
+
 ACTIVATIONS = (None, "silu")
 
 
@@ -96,19 +98,15 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, init
     y: (B, D, L), and the final state (B, D, W-1) when ``return_final_state``.
 
     y[t] = act(bias + sum_i weight[:, i] * [initial_state, x][t + i]) (x[t] sits at index t + W-1 of the
-    concatenation), by one grouped ``F.conv1d``. With a mask, each row's valid tokens are first moved to its front
-    in order (a stable sort), convolved as one contiguous sequence, and their outputs gathered back to their
-    positions.
+    concatenation), by one grouped ``F.conv1d``. With a mask, each row's valid tokens are first packed to its front
+    (``longseq.ops.pack``), convolved as one contiguous sequence, and their outputs unpacked to their positions.
     """
     _check("causal_conv1d", x, weight, bias, initial_state, "initial_state", activation)
     _check_mask("causal_conv1d", "mask", mask, (x.shape[0], x.shape[-1]))
     b, d, length = x.shape
     keep = weight.shape[1] - 1
     if mask is not None:
-        # Zero the masked inputs first: they land after every valid token, so they reach no valid output, but a
-        # NaN there would still poison the weight gradient (0 * NaN).
-        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
-        x = x.masked_fill(~mask[:, None, :], 0.0).gather(2, order[:, None, :].expand(b, d, length))
+        x = pack(x, mask, dim=2)  # valid tokens first: the convolution sees each row without its holes
     state = x.new_zeros(b, d, keep) if initial_state is None else initial_state
     padded = torch.cat((state, x), dim=-1)  # (B, D, W-1+L)
     y = _activate(F.conv1d(padded, weight[:, None, :], bias, groups=d), activation)
@@ -116,11 +114,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, init
         # A copy: a view would pin the whole chunk's storage for as long as the state lives.
         final = padded[..., length:].clone()
     else:
-        n_valid = mask.sum(dim=1)
-        # Token t is the rank(t)-th valid token of its row, so its output sits at slot rank(t) after compaction.
-        rank = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        y = y.gather(2, rank[:, None, :].expand(b, d, length)).masked_fill(~mask[:, None, :], 0.0)
-        # The last W-1 valid inputs are slots n_valid .. n_valid + W-2 of [state, compacted x].
-        slots = n_valid[:, None] + torch.arange(keep, device=x.device)
+        y = unpack(y, mask, dim=2)
+        # The last W-1 valid inputs are slots n_valid .. n_valid + W-2 of [state, packed x].
+        slots = mask.sum(dim=1)[:, None] + torch.arange(keep, device=x.device)
         final = padded.gather(2, slots[:, None, :].expand(b, d, keep))
     return (y, final) if return_final_state else y
