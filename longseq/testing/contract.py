@@ -37,6 +37,8 @@ from longseq.testing.inputs import (
     stream,
 )
 
+# FFT convolutions are causal in exact arithmetic; their float64 round-off leaks ~1e-17 to later positions.
+JACOBIAN_ATOL = 1e-12
 EXACT_ATOL = 1e-9  # float64: results must match to rounding; bit-identity is eval_deterministic's alone
 
 
@@ -104,7 +106,7 @@ def check_causal_jacobian(mixer: Mixer, sizes: Sizes = SIZES) -> None:
         r = torch.randn(y[:, : i + 1].shape, generator=g, dtype=y.dtype)
         (grad,) = torch.autograd.grad((y[:, : i + 1] * r).sum(), x, retain_graph=True)
         leak = grad[:, i + 1:].abs().max().item()
-        assert leak == 0.0, f"{_who(mixer)}: d y[:{i + 1}] / d x[{i + 1}:] = {leak:.3e} != 0"
+        assert leak <= JACOBIAN_ATOL, f"{_who(mixer)}: d y[:{i + 1}] / d x[{i + 1}:] = {leak:.3e} (not 0)"
 
 
 def check_noncausal_sees_future(mixer: Mixer, sizes: Sizes = SIZES) -> None:
