@@ -110,7 +110,7 @@ class Mamba2(PassMixer):
         d_state: PositiveInt = 64,
         d_conv: PositiveInt = 4,
         expand: PositiveInt = 2,
-        headdim: PositiveInt = 64,
+        headdim: PositiveInt | None = None,
         ngroups: PositiveInt = 1,
         dt_min: PositiveFloat = 1e-3,
         dt_max: PositiveFloat = 0.1,
@@ -122,11 +122,13 @@ class Mamba2(PassMixer):
         impl: Literal["chunked", "ref"] = "chunked",
         chunk_size: PositiveInt = 64,
     ) -> None:
-        """headdim: P, the channels of a head (expand · d_model must be divisible by it); ngroups: G, heads sharing
+        """headdim: P, the channels of a head (expand · d_model must be divisible by it; default 64, or
+        expand · d_model when that is smaller: one head); ngroups: G, heads sharing
         B and C (must divide the number of heads). A starts uniform in [a_init_min, a_init_max] (negated).
         impl: "chunked" (SSD, chunks of ``chunk_size``) or "ref" (the loop over time)."""
         super().__init__(d_model, pattern=pattern, max_len=max_len)
         d_inner = expand * d_model
+        headdim = min(64, d_inner) if headdim is None else headdim
         if d_inner % headdim:
             raise InvalidHyper(f"mixer 'mamba2': expand·d_model={d_inner} is not divisible by headdim={headdim}")
         if (d_inner // headdim) % ngroups:
