@@ -8,6 +8,11 @@ per round, so that a change in machine load hits all of them alike) and each row
 interquartile range over ``--repeats`` rounds, and the ratios of the medians measured in this run. The outputs are
 checked against our oracle (max |difference|) so that every row computes the same function.
 
+Run it on an otherwise idle machine (the 1-minute load average is printed): ``selective_scan`` runs a few hundred
+multi-threaded tensor operations per call, and when another process takes a core, every one of them waits at its
+thread barrier, so its time grows by orders of magnitude, while the loop-over-time oracles (many small single-threaded
+operations) barely move. A large IQR says that happened.
+
 mamba_ssm is imported as ``benchmarks/peers`` does on a machine without its GPU build (``mamba_ssm_stubs``; install
 line in ``benchmarks/peers/README.md``); without it, its row is skipped with the reason.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -91,7 +97,8 @@ def main() -> None:
         rows[f"mamba_ssm {peer_note} selective_scan_ref"] = lambda: call(peer, t)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; B={args.batch} D={args.d} N={args.n} "
-          f"L={args.length} float32, chunk_size={args.chunk_size}, forward (no grad), {args.repeats} rounds")
+          f"L={args.length} float32, chunk_size={args.chunk_size}, forward (no grad), {args.repeats} rounds; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if peer is None:
         print(f"mamba_ssm row skipped: {peer_note}")
     times: dict[str, list[float]] = {name: [] for name in rows}
