@@ -2,7 +2,8 @@
 
 The layer is the reference's S4Block: y = GLU(Linear(GELU(K * u + D u))), one kernel K per channel. An *SSM*
 module (``S4DKernel``, ``S4Kernel``) owns the state-space parameters and gives ``kernel(L) -> (H, L)`` and its
-discretised ``recurrence() -> (dA, dB, C)`` (``longseq.ops.lti_recurrence``); this base does the rest:
+discretised ``recurrence() -> (dA, dB, C)`` (``longseq.ops.lti_recurrence``) and ``state_modes() -> (M, complex?)``;
+this base does the rest:
 
 - ``causal_self``: ``fft_conv`` with the causal kernel; streaming and decoding run the recurrence from the state.
 - ``noncausal_self``: a second SSM gives the backward kernel, combined in S4's convention
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -34,14 +34,6 @@ class LTIState(State):
 
     x: Tensor
     length: int = 0
-
-
-class SSM(Protocol):
-    def kernel(self, length: int) -> Tensor: ...
-
-    def recurrence(self) -> tuple[Tensor, Tensor, Tensor]: ...
-
-    def state_modes(self) -> tuple[int, bool]: ...
 
 
 class SSMConvMixer(Mixer):
