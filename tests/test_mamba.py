@@ -112,3 +112,16 @@ def test_dt_starts_log_uniform_and_the_ssm_parameters_carry_no_weight_decay(name
         torch.testing.assert_close(-p.A_log.exp()[0], -torch.arange(1.0, 17.0))
     else:
         assert (-p.A_log.exp()).min() >= -16 and (-p.A_log.exp()).max() <= -1
+
+
+def test_a_model_keeps_the_dt_initialisation():
+    """The reference flags dt_proj's bias against generic re-initialisation; longseq's models re-initialise only the
+    token embedding, which this checks stays true for a model built from Mamba layers."""
+    from longseq.models import CausalLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=32, d_model=32, n_layers=2, layers="mamba,mamba2"))
+    for mixer in (block.mixer for block in model.backbone.blocks):
+        p = mixer.passes[0]
+        dt = F.softplus((p.dt_proj.bias if hasattr(p, "dt_proj") else p.dt_bias).detach())
+        assert dt.min() >= 1e-4 - 1e-9 and dt.max() <= 0.1 + 1e-6
