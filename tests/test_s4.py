@@ -64,3 +64,22 @@ def test_s4d_initialisations():
     torch.testing.assert_close(-real.log_A_real.exp()[0], -torch.arange(1.0, 6.0))
     with pytest.raises(ValueError, match="d_state=5 must be even"):
         build("s4d", D_MODEL, d_state=5)
+
+
+@pytest.mark.parametrize("name", ["s4", "s4d"])
+def test_decoding_reuses_the_step_matrices_only_while_the_parameters_are_unchanged(name):
+    torch.manual_seed(0)
+    m = build(name, D_MODEL, d_state=4).double().eval()
+    x = torch.randn(1, 6, D_MODEL, dtype=torch.float64)
+
+    def decode() -> torch.Tensor:
+        state, ys = m.init_state(1), []
+        for t in range(x.shape[1]):
+            y, state = m.step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, dim=1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(decode(), m(x), atol=1e-10, rtol=1e-9)
+        m.ssms[0].log_dt.add_(0.7)  # an optimizer step updates in place
+        torch.testing.assert_close(decode(), m(x), atol=1e-10, rtol=1e-9)

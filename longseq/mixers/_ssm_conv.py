@@ -48,6 +48,21 @@ class SSMConvMixer(Mixer):
         self.ssms = nn.ModuleList(make_ssm() for _ in range(1 if self.pattern.is_causal else 2))
         self.D = nn.Parameter(torch.randn(h))
         self.output = nn.Sequential(nn.GELU(), nn.Linear(h, 2 * h), nn.GLU(dim=-1))
+        self._recurrence_cache: tuple[tuple[tuple[int, int], ...], tuple[Tensor, Tensor, Tensor]] | None = None
+
+    def _recurrence(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The step matrices of the causal SSM. Discretising S4's dense matrices costs far more than a step, so
+        outside autograd they are computed once and reused while the parameters are unchanged (keyed on each
+        parameter's storage and in-place version counter, which an optimizer step or a cast changes); under
+        autograd they are recomputed so that gradients reach the parameters."""
+        ssm = self.ssms[0]
+        params = list(ssm.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return ssm.recurrence()
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._recurrence_cache is None or self._recurrence_cache[0] != key:
+            self._recurrence_cache = (key, ssm.recurrence())
+        return self._recurrence_cache[1]
 
     def _finish(self, y: Tensor, mask: Tensor | None) -> Tensor:
         y = self.output(y)
@@ -80,12 +95,12 @@ class SSMConvMixer(Mixer):
 
     def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
         state = self._advance(state, x.shape[1])
-        y, new = lti_scan(x.mT, _complex(state.x), *self.ssms[0].recurrence(), mask=mask)
+        y, new = lti_scan(x.mT, _complex(state.x), *self._recurrence(), mask=mask)
         return self._stream_output(y.mT, x, mask), LTIState(x=_real(new), length=state.length + x.shape[1])
 
     def _step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None) -> tuple[Tensor, State]:
         state = self._advance(state, 1)
-        y, new = lti_step(_complex(state.x), x_t, *self.ssms[0].recurrence(), mask_t)
+        y, new = lti_step(_complex(state.x), x_t, *self._recurrence(), mask_t)
         out = self._stream_output(y[:, None], x_t[:, None], None if mask_t is None else mask_t[:, None])
         return out[:, 0], LTIState(x=_real(new), length=state.length + 1)
 

@@ -3,11 +3,12 @@
 Each channel h is the ODE x' = A x + B u, y = C x with A = diag(Λ) - P P* (the normal-plus-low-rank form of
 HiPPO-LegS, ``longseq.ops.hippo.dplr_legs``), discretised bilinearly with a learned step dt_h. In parallel mode
 the layer convolves with the kernel from the truncated generating function (Cauchy sums and Woodbury at the roots
-of unity, ``s4_kernel``); in stream and step modes it runs the recurrence with the dense conj-augmented step
-matrices (O(N²) per channel and token). C is C̄, the recurrence's own output matrix, so the layer is not tied to
-one length (the reference learns C̃ = C̄(I - Ā^L) for a fixed L). The layer around it is the reference's block
-(``_ssm_conv``); as the reference trains it, dt, Λ, P and B use their own learning rate (``ssm_lr``) and no weight
-decay. Every channel has its own copy of (Λ, P, B) (the reference's n_ssm = H).
+of unity, ``s4_kernel``); in stream and step modes it runs the recurrence with the dense step matrices rewritten
+over real coordinates (``real_dense_form``; O(N²) per channel and token). C is C̄, the recurrence's own output
+matrix, so the layer is not tied to one length (the reference learns C̃ = C̄(I - Ā^L) for a fixed L). The layer
+around it is the reference's block (``_ssm_conv``); as the reference trains it, dt, Λ, P and B use their own
+learning rate (``ssm_lr``) and no weight decay. Every channel has its own copy of (Λ, P, B) (the reference's
+n_ssm = H).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from longseq.mixers.registry import register
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import log_uniform
 from longseq.ops.hippo import dplr_legs
+from longseq.ops.lti_recurrence import real_dense_form
 from longseq.ops.ssm_kernel import s4_kernel, s4_recurrence
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -61,10 +63,10 @@ class S4Kernel(nn.Module):
         return s4_kernel(*self._params(), length)
 
     def recurrence(self) -> tuple[Tensor, Tensor, Tensor]:
-        return s4_recurrence(*self._params())
+        return real_dense_form(*s4_recurrence(*self._params()))
 
     def state_modes(self) -> tuple[int, bool]:
-        return self.log_Lambda_real.shape[1], True
+        return 2 * self.log_Lambda_real.shape[1], False  # the real coordinates of the kept modes
 
 
 @register("s4")

@@ -7,8 +7,10 @@ the convolution mode itself (tests/ops/test_ops_lti_recurrence.py): the same K_l
 Two shapes of dA, one function:
 - diagonal (S4D): dA, dB, C: (H, M) complex (or real for real modes), the state x: (B, H, M); y = f·Re(C x),
   f = 2 for complex modes (their conjugate partners are implicit), 1 for real modes.
-- dense (S4, conj-augmented): dA: (H, N, N) complex, dB, C: (H, N) with N = 2M. The state of a real system in this
-  basis is [x, conj x], so only the kept half x: (B, H, M) is stored; each step rebuilds the whole and keeps half.
+- dense real (S4): dA: (H, N, N), dB, C: (H, N) real, the state x: (B, H, N) real; y = C x. S4's step matrices
+  live in the conj-augmented complex space, where the state of a real system is [z, conj z]; ``real_dense_form``
+  rewrites them over the real coordinates of the kept half z (N = 2M reals), which is as exact and, on a CPU, an
+  order of magnitude faster per token than complex batched matrix-vector products.
 
 A masked step (mask False) leaves the state unchanged and outputs 0.
 """
@@ -23,16 +25,10 @@ def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor,
              mask_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One token: x: (B, H, M) state, u_t: (B, H) real -> (y_t: (B, H) real, new state). Functional: the arguments
     are not modified."""
-    dense = dA.dim() == 3
     u = u_t.to(dA.real.dtype)[..., None]
-    if dense:
-        full = torch.cat([x, x.conj()], dim=-1)
-        new = (torch.einsum("hnm,bhm->bhn", dA, full) + dB * u)[..., : x.shape[-1]]
-        c = C[..., : x.shape[-1]]
-    else:
-        new, c = dA * x + dB * u, C
-    factor = 2.0 if (dense or x.is_complex()) else 1.0
-    y = factor * (c * new).sum(-1).real
+    # dense: a batched matrix-vector product as multiply-and-sum, far faster than bmm on a CPU
+    new = ((dA * x[..., None, :]).sum(-1) if dA.dim() == 3 else dA * x) + dB * u
+    y = (2.0 if x.is_complex() else 1.0) * (C * new).sum(-1).real
     if mask_t is not None:
         new = torch.where(mask_t[:, None, None], new, x)
         y = y.masked_fill(~mask_t[:, None], 0.0)
@@ -47,3 +43,23 @@ def lti_scan(u: Tensor, x0: Tensor, dA: Tensor, dB: Tensor, C: Tensor,
         y_t, x = lti_step(x, u[..., t], dA, dB, C, None if mask is None else mask[:, t])
         ys.append(y_t)
     return torch.stack(ys, dim=-1), x
+
+
+def real_dense_form(dA: Tensor, dB: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """S4's conj-augmented step matrices dA: (H, N, N), dB, C: (H, N) complex (N = 2M, the kept modes first, then
+    their conjugates, y = Re(C z)) -> the same system over the real coordinates of the kept half,
+    x = (Re z_0, Im z_0, Re z_1, Im z_1, ...): R: (H, N, N), b: (H, N), c: (H, N) real, x' = R x + b u, y = c x.
+
+    With z = a + i b for the kept half and P, Q the kept rows' blocks acting on z and on conj z:
+    z' = (P + Q) a + i (P - Q) b + dB u, so Re z' = Re(P+Q) a - Im(P-Q) b, Im z' = Im(P+Q) a + Re(P-Q) b; and
+    y = Re(C_kept z) + Re(C_conj conj z) = 2 Re(C_kept z) for a real system (C_conj = conj C_kept)."""
+    m = dA.shape[-1] // 2
+    p, q = dA[:, :m, :m], dA[:, :m, m:]
+    plus, minus = p + q, p - q
+    real = torch.stack([torch.stack([plus.real, -minus.imag], dim=-1),
+                        torch.stack([plus.imag, minus.real], dim=-1)], dim=-3)  # (H, M, 2, M, 2)
+    h = dA.shape[0]
+    kept_b, kept_c = dB[:, :m], C[:, :m]
+    b = torch.stack([kept_b.real, kept_b.imag], dim=-1).reshape(h, 2 * m)
+    c = (2 * torch.stack([kept_c.real, -kept_c.imag], dim=-1)).reshape(h, 2 * m)
+    return real.reshape(h, 2 * m, 2 * m), b, c

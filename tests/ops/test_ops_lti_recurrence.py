@@ -6,7 +6,7 @@ import torch
 
 from longseq.ops.fft_conv import toeplitz_conv_ref
 from longseq.ops.hippo import dplr_legs, s4d_lin, s4d_real
-from longseq.ops.lti_recurrence import lti_scan, lti_step
+from longseq.ops.lti_recurrence import lti_scan, lti_step, real_dense_form
 from longseq.ops.ssm_kernel import s4_kernel_ref, s4_recurrence, s4d_kernel_ref, s4d_recurrence
 from longseq.testing.oracle import assert_same_function
 
@@ -50,9 +50,24 @@ def test_dense_recurrence_is_the_s4_convolution():
     c = torch.complex(*torch.randn(2, H, 3, generator=g, dtype=torch.float64))
     u = _u(3)
     want = toeplitz_conv_ref(u, s4_kernel_ref(dt, lam, p, b, c, L))
-    dA, dB, dC = s4_recurrence(dt, lam, p, b, c)
-    got, _ = lti_scan(u, torch.zeros(BATCH, H, 3, dtype=C128), dA, dB, dC)
+    dA, dB, dC = real_dense_form(*s4_recurrence(dt, lam, p, b, c))
+    got, _ = lti_scan(u, torch.zeros(BATCH, H, 6, dtype=torch.float64), dA, dB, dC)
     torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
+
+
+def test_real_dense_form_is_the_complex_conj_augmented_step():
+    lam, p, b, _ = dplr_legs(6)
+    g = torch.Generator().manual_seed(5)
+    c = torch.complex(*torch.randn(2, 1, 3, generator=g, dtype=torch.float64))
+    dA, dB, dC = s4_recurrence(torch.tensor([0.3], dtype=torch.float64), lam[None], p[None], b[None], c)
+    R, rb, rc = real_dense_form(dA, dB, dC)
+    z = torch.complex(*torch.randn(2, 1, 3, generator=g, dtype=torch.float64))
+    full = torch.cat([z, z.conj()], dim=-1)
+    new_full = dA[0] @ full[0] + dB[0] * 0.7
+    x = torch.view_as_real(z).reshape(1, 6)
+    new = R[0] @ x[0] + rb[0] * 0.7
+    torch.testing.assert_close(new, torch.view_as_real(new_full[:3]).reshape(6))
+    torch.testing.assert_close(rc[0] @ new, (dC[0] @ new_full).real)
 
 
 def test_chunks_continue_from_the_state_and_gradients_flow_through_it():
