@@ -21,13 +21,17 @@ import torch
 from torch import Tensor
 
 
-def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor,
-             mask_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, mask_t: Tensor | None = None, *,
+             workspace: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One token: x: (B, H, M) state, u_t: (B, H) real -> (y_t: (B, H) real, new state). Functional: the arguments
-    are not modified."""
+    are not modified. workspace: for a dense dA outside autograd, a (B, H, N, N) buffer reused across tokens, so a
+    long prefill allocates nothing per token."""
     u = u_t.to(dA.real.dtype)[..., None]
-    # dense: a batched matrix-vector product as multiply-and-sum, far faster than bmm on a CPU
-    new = ((dA * x[..., None, :]).sum(-1) if dA.dim() == 3 else dA * x) + dB * u
+    if dA.dim() == 3:  # a batched matrix-vector product as multiply-and-sum: far faster than bmm on a CPU
+        products = dA * x[..., None, :] if workspace is None else torch.mul(dA, x[..., None, :], out=workspace)
+        new = products.sum(-1) + dB * u
+    else:
+        new = dA * x + dB * u
     y = (2.0 if x.is_complex() else 1.0) * (C * new).sum(-1).real
     if mask_t is not None:
         new = torch.where(mask_t[:, None, None], new, x)
@@ -38,9 +42,12 @@ def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor,
 def lti_scan(u: Tensor, x0: Tensor, dA: Tensor, dB: Tensor, C: Tensor,
              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """u: (B, H, T) real, x0: (B, H, M) -> (y: (B, H, T), the state after the last token): ``lti_step`` per token."""
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, dA, dB, C))
+    dense = dA.dim() == 3
+    workspace = dA.new_empty(x0.shape[0], *dA.shape) if dense and not tracked else None
     ys, x = [], x0
     for t in range(u.shape[-1]):
-        y_t, x = lti_step(x, u[..., t], dA, dB, C, None if mask is None else mask[:, t])
+        y_t, x = lti_step(x, u[..., t], dA, dB, C, None if mask is None else mask[:, t], workspace=workspace)
         ys.append(y_t)
     return torch.stack(ys, dim=-1), x
 

@@ -233,9 +233,11 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_si
     else:
         state = initial_states.to(dtype).reshape(batch, groups, r, p, n).permute(0, 1, 4, 2, 3)
     entering = []
-    for j in range(chunks):
+    # unbind once: indexing states[:, j] in the loop makes every backward step zero-fill a gradient as large as all
+    # the states (chunks² work: the backward at L = 16384 went from 0.27 s to 3 s)
+    for state_j, decay_j in zip(states.unbind(1), chunk_decay.unbind(1), strict=True):
         entering.append(state.flatten(-2))
-        state = torch.addcmul(states[:, j].unflatten(-1, (r, p)), chunk_decay[:, j], state)
+        state = torch.addcmul(state_j.unflatten(-1, (r, p)), decay_j, state)
     s_in = torch.stack(entering, dim=1)  # (B, c, G, N, rP)
 
     # 4. State to output: exp(sum_{tau <= t} a_tau) C_t · S_in.
