@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from longseq.ops import ssd
 from longseq.ops.ssd import segsum, ssd_chunked, ssd_ref, ssd_state_update
 from longseq.testing.oracle import assert_same_function
 
@@ -75,6 +76,16 @@ def test_chunked_matches_reference(chunk, groups, option):
 @pytest.mark.parametrize(("length", "chunk"), [(1, 4), (5, 5), (17, 4), (33, 16)])
 def test_chunked_matches_reference_other_lengths(length, chunk):
     named, kwargs = _inputs(length, 2, OPTIONS["all"], seed=length)
+    args = [named[k] for k in ("x", "dt", "A", "B", "C")]
+    _check(ssd_chunked(*args, chunk, **kwargs, return_final_states=True),
+           ssd_ref(*args, **kwargs, return_final_states=True), named)
+
+
+@pytest.mark.parametrize("chunk", [3, 8])
+def test_long_sequences_run_in_segments_that_continue_exactly(monkeypatch, chunk):
+    """Past SEGMENT_TOKENS the sequence is cut into segments (multiples of the chunk) carrying the state."""
+    monkeypatch.setattr(ssd, "SEGMENT_TOKENS", 10)  # segments of 9 or 8 tokens over L = 40
+    named, kwargs = _inputs(L, 2, OPTIONS["all"], seed=chunk)
     args = [named[k] for k in ("x", "dt", "A", "B", "C")]
     _check(ssd_chunked(*args, chunk, **kwargs, return_final_states=True),
            ssd_ref(*args, **kwargs, return_final_states=True), named)
