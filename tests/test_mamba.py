@@ -125,3 +125,14 @@ def test_a_model_keeps_the_dt_initialisation():
         p = mixer.passes[0]
         dt = F.softplus((p.dt_proj.bias if hasattr(p, "dt_proj") else p.dt_bias).detach())
         assert dt.min() >= 1e-4 - 1e-9 and dt.max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize(("name", "hypers", "by_hand"), CASES[::2])
+def test_long_sequences_run_in_segments_carrying_the_state(monkeypatch, name, hypers, by_hand):
+    """forward() runs each pass over segments of SEGMENT_TOKENS (here 5 tokens of 12), carrying the state."""
+    from longseq.mixers import _passes
+
+    monkeypatch.setattr(_passes, "SEGMENT_TOKENS", 5)
+    m, u = _mixer(name, "noncausal_self", **hypers), _x(2)
+    want = by_hand(m.passes[0], u) + by_hand(m.passes[1], u.flip(1)).flip(1)
+    assert_same_function(m(u), want, [u, *m.parameters()])

@@ -22,6 +22,8 @@ from longseq.modules import ShortConvState
 from longseq.modules.bidirectional import two_way
 from longseq.state import State
 
+SEGMENT_TOKENS = 8192  # forward() runs a pass over at most this many tokens at a time
+
 
 @dataclasses.dataclass
 class ConvScanState(State):
@@ -56,8 +58,15 @@ class PassMixer(Mixer):
         self.passes = nn.ModuleList(make_pass() for _ in range(1 if self.pattern.is_causal else 2))
 
     def _run(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Pass i over the whole sequence: in segments of ``SEGMENT_TOKENS`` carrying the state (exact: it is the
+        streaming form), so that the projections' (L, ~4d) intermediates stay cache-sized at long L."""
         pass_: Pass = self.passes[i]
-        return pass_(x, mask, pass_.init_state(x.shape[0]))[0]
+        state, ys = pass_.init_state(x.shape[0]), []
+        for start in range(0, x.shape[1], SEGMENT_TOKENS):
+            part = slice(start, start + SEGMENT_TOKENS)
+            y, state = pass_(x[:, part], None if mask is None else mask[:, part], state)
+            ys.append(y)
+        return ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
 
     def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
                  mask: Tensor | None) -> Tensor:
