@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longseq.ops.precision import compute_dtype
+
 
 def _check(fn: str, u: Tensor, kernels: dict[str, Tensor], D: Tensor | None) -> None:
     if u.dim() != 3:
@@ -38,13 +40,6 @@ def _add_skip(y: Tensor, u: Tensor, D: Tensor | None) -> Tensor:
         y = y + D.to(y.dtype)[:, None] * u.to(y.dtype)
     return y.to(u.dtype)
 
-
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 def _fft_size(length: int) -> int:
@@ -66,7 +61,7 @@ def fft_conv(u: Tensor, k: Tensor, *, D: Tensor | None = None) -> Tensor:
     y[t] = sum_{s<=t} k[t-s] u[s] + D u[t]."""
     _check("fft_conv", u, {"k": k}, D)
     # Only the taps that can act (see the module docstring); rfft zero-extends the kernel to the FFT size.
-    kernel = k[:, : u.shape[-1]].to(_compute_dtype(u, k, D))
+    kernel = k[:, : u.shape[-1]].to(compute_dtype(u, k, D))
     return _circular_conv(u, kernel, D)
 
 
@@ -80,7 +75,7 @@ def fft_conv_bidirectional(u: Tensor, k_fwd: Tensor, k_bwd: Tensor, *, D: Tensor
     """
     _check("fft_conv_bidirectional", u, {"k_fwd": k_fwd, "k_bwd": k_bwd}, D)
     length = u.shape[-1]
-    dtype = _compute_dtype(u, k_fwd, k_bwd, D)
+    dtype = compute_dtype(u, k_fwd, k_bwd, D)
     k_fwd, k_bwd = k_fwd[:, :length].to(dtype), k_bwd[:, : max(length - 1, 0)].to(dtype)
     # One circular convolution does both sides: lag -j (j = 1..L-1) is stored at index n - j >= n - L + 1 > L - 1,
     # past every forward lag, because n >= 2L.
@@ -110,10 +105,10 @@ def _toeplitz_apply(u: Tensor, t: Tensor, D: Tensor | None) -> Tensor:
 def toeplitz_conv_ref(u: Tensor, k: Tensor, *, D: Tensor | None = None) -> Tensor:
     """Oracle for ``fft_conv``: the explicit lower-triangular Toeplitz matrix times u."""
     _check("toeplitz_conv_ref", u, {"k": k}, D)
-    return _toeplitz_apply(u, _toeplitz(u.shape[-1], k, None, _compute_dtype(u, k, D)), D)
+    return _toeplitz_apply(u, _toeplitz(u.shape[-1], k, None, compute_dtype(u, k, D)), D)
 
 
 def toeplitz_conv_bidirectional_ref(u: Tensor, k_fwd: Tensor, k_bwd: Tensor, *, D: Tensor | None = None) -> Tensor:
     """Oracle for ``fft_conv_bidirectional``: the explicit full Toeplitz matrix times u."""
     _check("toeplitz_conv_bidirectional_ref", u, {"k_fwd": k_fwd, "k_bwd": k_bwd}, D)
-    return _toeplitz_apply(u, _toeplitz(u.shape[-1], k_fwd, k_bwd, _compute_dtype(u, k_fwd, k_bwd, D)), D)
+    return _toeplitz_apply(u, _toeplitz(u.shape[-1], k_fwd, k_bwd, compute_dtype(u, k_fwd, k_bwd, D)), D)

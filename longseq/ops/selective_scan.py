@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.ops.precision import compute_dtype
+
 # Channel blocking: ``selective_scan`` works on one (B, channels, L/chunk_size, N) tensor per step (the states of
 # all chunks at once) and keeps a few of them; channels are processed in blocks so that one such tensor has at most
 # this many elements (16 MiB in float32), whatever B, D and L. A block holds at least one channel.
@@ -115,13 +117,6 @@ def _check_options(fn: str, chunk_size: object, compile: object) -> None:
 # Pieces the three forms share
 
 
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
 
 def _step_size(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype) -> Tensor:
     """dt = softplus(delta + bias) or delta + bias, in ``dtype``; delta: (B, D, ...), bias: (D,)."""
@@ -162,7 +157,7 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     state).
     """
     _check("selective_state_update", x, dt, A, B, C, D, z, dt_bias, state, one_token=True)
-    dtype = _compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    dtype = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     d = x.shape[1]
     step = _step_size(dt, dt_bias, dt_softplus, dtype)  # (B, D)
     b_ch, c_ch = _per_channel(B.to(dtype), d, True), _per_channel(C.to(dtype), d, True)  # (B, D, N)
@@ -179,7 +174,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     """Oracle: the recurrence of the module docstring as a loop over time, with the decays exp(dt A) and inputs
     dt B u precomputed for the whole sequence. Same contract as ``selective_scan``."""
     _check("selective_scan_ref", u, delta, A, B, C, D, z, delta_bias, initial_state)
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     b, d, length = u.shape
     dt = _step_size(delta, delta_bias, delta_softplus, dtype)  # (B, D, L)
     b_ch, c_ch = _per_channel(B.to(dtype), d, False), _per_channel(C.to(dtype), d, False)  # (B, D, N, L)
@@ -332,7 +327,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """
     _check("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state)
     _check_options("selective_scan", chunk_size, compile)
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     b, d, length = u.shape
     n = A.shape[1]
     bg, cg = (t.to(dtype) if t.dim() == 4 else t.to(dtype).unsqueeze(1) for t in (B, C))  # (B, G, N, L)

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.ops.precision import compute_dtype
+
 
 def segsum(a: Tensor) -> Tensor:
     """Stable segment sums: a: (..., T) -> (..., T, T) with out[t, s] = sum_{s < tau <= t} a[tau] for t >= s (0 on
@@ -92,13 +94,6 @@ def _check(fn: str, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     return B.shape[-2]
 
 
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
 
 def _effective_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dtype: torch.dtype) -> Tensor:
     """dt' = softplus(dt + dt_bias) or dt + dt_bias, in the compute dtype."""
@@ -133,7 +128,7 @@ def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
     ``state`` is not modified.
     """
     _check("ssd_state_update", x, dt, A, B, C, D, z, dt_bias, state, "state", one_token=True)
-    dtype = _compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    dtype = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     h = x.shape[1]
     dtp = _effective_dt(dt, dt_bias, dt_softplus, dtype)  # (B, H)
     b_h, c_h = _per_head(B.to(dtype), h), _per_head(C.to(dtype), h)  # (B, H, N)
@@ -149,7 +144,7 @@ def ssd_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, D: Tensor
             return_final_states: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Oracle: the recurrence (module docstring) as an explicit loop over time. Same contract as ``ssd_chunked``."""
     _check("ssd_ref", x, dt, A, B, C, D, z, dt_bias, initial_states, "initial_states")
-    dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
     batch, length, h, p = x.shape
     dtp = _effective_dt(dt, dt_bias, dt_softplus, dtype)  # (B, L, H)
     decay = torch.exp(dtp * A.to(dtype))
@@ -215,7 +210,7 @@ def _ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_s
                  z: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool, initial_states: Tensor | None,
                  return_final_states: bool, groups: int) -> Tensor | tuple[Tensor, Tensor]:
     """``ssd_chunked`` on one segment, its arguments checked."""
-    dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
     batch, length, h, p = x.shape
     n, r = B.shape[-1], h // groups
     q = min(chunk_size, length)
