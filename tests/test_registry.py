@@ -135,3 +135,13 @@ def test_impls_are_read_from_the_impl_hypers_literal_type():
 
     assert impl_choices(TwoWays) == ("fast", "ref")
     assert impl_choices(OneWay) == ()
+
+
+@pytest.mark.parametrize(("name", "hypers", "fragment"), [
+    ("mamba", {"dt_min": 0.5, "dt_max": 0.1}, "dt_min=0.5 must be <= dt_max=0.1"),
+    ("mamba2", {"a_init_min": 20.0}, "a_init_min=20.0 must be <= a_init_max=16.0"),
+    ("s4", {"dt_min": 1.0}, "dt_min=1.0 must be <= dt_max=0.1"),
+])
+def test_reversed_ranges_are_refused_naming_both_hypers(name, hypers, fragment):
+    with pytest.raises(InvalidHyper, match=fragment):
+        build(name, 16, **hypers)

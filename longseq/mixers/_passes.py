@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from longseq.mixers.base import Mixer, Pattern, SequenceTooLong
+from longseq.mixers.base import Mixer, Pattern
 from longseq.modules import ShortConvState
 from longseq.modules.bidirectional import two_way
 from longseq.state import State
@@ -78,21 +78,14 @@ class PassMixer(Mixer):
                     max_len: int | None) -> State:
         return self.passes[0].init_state(batch_size)
 
-    def _advance(self, state: State, n: int) -> ConvScanState:
-        if not isinstance(state, ConvScanState):
-            raise TypeError(f"mixer '{self.name}': state must come from its init_state, got {type(state).__name__}")
-        if self.max_len is not None and state.length + n > self.max_len:
-            raise SequenceTooLong(self.name, state.length + n, self.max_len)
-        return state
-
     def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
-        length = self._advance(state, x.shape[1]).length + x.shape[1]
+        length = self._check_stream(state, ConvScanState, x.shape[1]).length + x.shape[1]
         y, new = self.passes[0](x, mask, state)
         new.length = length
         return y, new
 
     def _step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None) -> tuple[Tensor, State]:
-        length = self._advance(state, 1).length + 1
+        length = self._check_stream(state, ConvScanState, 1).length + 1
         y, new = self.passes[0].step(x_t, state, mask_t)
         new.length = length
         return y, new

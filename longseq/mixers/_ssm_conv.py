@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from longseq.mixers.base import Mixer, Pattern, SequenceTooLong
+from longseq.mixers.base import Mixer, Pattern
 from longseq.ops.fft_conv import fft_conv, fft_conv_bidirectional
 from longseq.ops.lti_recurrence import lti_scan, lti_step
 from longseq.ops.pack import pack, unpack
@@ -86,20 +86,13 @@ class SSMConvMixer(Mixer):
         shape = (batch_size, self.d_model, modes, 2) if is_complex else (batch_size, self.d_model, modes)
         return LTIState(x=torch.zeros(shape, device=self.D.device, dtype=dtype))
 
-    def _advance(self, state: State, n: int) -> LTIState:
-        if not isinstance(state, LTIState):
-            raise TypeError(f"mixer '{self.name}': state must come from its init_state, got {type(state).__name__}")
-        if self.max_len is not None and state.length + n > self.max_len:
-            raise SequenceTooLong(self.name, state.length + n, self.max_len)
-        return state
-
     def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
-        state = self._advance(state, x.shape[1])
+        state = self._check_stream(state, LTIState, x.shape[1])
         y, new = lti_scan(x.mT, _complex(state.x), *self._recurrence(), mask=mask)
         return self._stream_output(y.mT, x, mask), LTIState(x=_real(new), length=state.length + x.shape[1])
 
     def _step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None) -> tuple[Tensor, State]:
-        state = self._advance(state, 1)
+        state = self._check_stream(state, LTIState, 1)
         y, new = lti_step(_complex(state.x), x_t, *self._recurrence(), mask_t)
         out = self._stream_output(y[:, None], x_t[:, None], None if mask_t is None else mask_t[:, None])
         return out[:, 0], LTIState(x=_real(new), length=state.length + 1)

@@ -10,9 +10,10 @@ time. Subclasses implement the underscored hooks (``_forward``, ``_init_state``,
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.state import State
@@ -87,6 +88,17 @@ class InvalidHyper(ValueError):
 
 class UnknownMixer(ValueError):
     """``build`` was asked for a name that is not registered."""
+
+
+# Hyper types: pydantic checks them in ``build`` and names the field and the value on failure.
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def check_ordered(mixer: str, low_name: str, low: float, high_name: str, high: float) -> None:
+    """Raise ``InvalidHyper`` unless low <= high (a range given by two hypers, e.g. dt_min and dt_max)."""
+    if low > high:
+        raise InvalidHyper(f"mixer '{mixer}': {low_name}={low} must be <= {high_name}={high}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,6 +251,15 @@ class Mixer(nn.Module):
     def _dtype(self) -> torch.dtype:
         p = next(self.parameters(), None)
         return p.dtype if p is not None else torch.get_default_dtype()
+
+    def _check_stream(self, state: State, state_type: type[State], n: int) -> State:
+        """For stream hooks: ``state`` must be of the mixer's ``state_type`` and carry ``length`` (tokens so far);
+        advancing it by ``n`` tokens must stay within ``max_len``."""
+        if not isinstance(state, state_type):
+            raise TypeError(f"mixer '{self.name}': state must come from its init_state, got {type(state).__name__}")
+        if self.max_len is not None and state.length + n > self.max_len:
+            raise SequenceTooLong(self.name, state.length + n, self.max_len)
+        return state
 
     def _check_mode(self, mode: Mode) -> None:
         if mode not in self.modes:

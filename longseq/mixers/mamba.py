@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.mixers._passes import ConvScanState, PassMixer, scan_dtype
-from longseq.mixers.base import InvalidHyper, Pattern
+from longseq.mixers.base import Pattern, PositiveFloat, PositiveInt, check_ordered
 from longseq.mixers.registry import register
 from longseq.modules import ShortConv
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import dt_bias
 from longseq.ops.selective_scan import selective_scan, selective_scan_ref, selective_state_update
-
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class MambaPass(nn.Module):
@@ -118,8 +114,7 @@ class Mamba(PassMixer):
         """dt_rank: default ceil(d_model / 16). impl: "chunked" (the fast scan, chunks of ``chunk_size``) or "ref"
         (the loop over time). Non-causal: two passes, the second over the reversed sequence."""
         super().__init__(d_model, pattern=pattern, max_len=max_len)
-        if not dt_min <= dt_max:
-            raise InvalidHyper(f"mixer 'mamba': dt_min={dt_min} must be <= dt_max={dt_max}")
+        check_ordered("mamba", "dt_min", dt_min, "dt_max", dt_max)
         self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
         rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         self.build_passes(lambda: MambaPass(

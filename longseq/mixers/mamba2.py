@@ -19,23 +19,19 @@ reversed sequence (``_passes``); cross patterns are refused.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.mixers._passes import ConvScanState, PassMixer, scan_dtype
-from longseq.mixers.base import InvalidHyper, Pattern
+from longseq.mixers.base import InvalidHyper, Pattern, PositiveFloat, PositiveInt, check_ordered
 from longseq.mixers.registry import register
 from longseq.modules import GatedRMSNorm, ShortConv
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import dt_bias
 from longseq.ops.ssd import ssd_chunked, ssd_ref, ssd_state_update
-
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class Mamba2Pass(nn.Module):
@@ -134,9 +130,8 @@ class Mamba2(PassMixer):
         if (d_inner // headdim) % ngroups:
             raise InvalidHyper(f"mixer 'mamba2': the {d_inner // headdim} heads are not divisible by "
                                f"ngroups={ngroups}")
-        for low, high, what in ((dt_min, dt_max, "dt"), (a_init_min, a_init_max, "a_init")):
-            if low > high:
-                raise InvalidHyper(f"mixer 'mamba2': {what}_min={low} must be <= {what}_max={high}")
+        check_ordered("mamba2", "dt_min", dt_min, "dt_max", dt_max)
+        check_ordered("mamba2", "a_init_min", a_init_min, "a_init_max", a_init_max)
         self.d_state, self.d_conv, self.expand, self.ngroups = d_state, d_conv, expand, ngroups
         self.build_passes(lambda: Mamba2Pass(
             d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups, dt_min=dt_min,

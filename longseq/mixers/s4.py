@@ -13,23 +13,17 @@ n_ssm = H).
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.mixers._ssm_conv import SSMConvMixer, as_complex, complex_from_parts
-from longseq.mixers.base import InvalidHyper, Pattern
+from longseq.mixers.base import InvalidHyper, Pattern, PositiveFloat, PositiveInt, check_ordered
 from longseq.mixers.registry import register
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import log_uniform
 from longseq.ops.hippo import dplr_legs
 from longseq.ops.lti_recurrence import real_dense_form
 from longseq.ops.ssm_kernel import s4_kernel, s4_recurrence
-
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 def _complex_parameter(value: Tensor, shape: tuple[int, int], **optim: float) -> nn.Parameter:
@@ -91,8 +85,7 @@ class S4(SSMConvMixer):
         super().__init__(d_model, pattern=pattern, max_len=max_len)
         if d_state % 2:
             raise InvalidHyper(f"mixer 's4': d_state={d_state} must be even (complex modes come in conjugate pairs)")
-        if dt_min > dt_max:
-            raise InvalidHyper(f"mixer 's4': dt_min={dt_min} must be <= dt_max={dt_max}")
+        check_ordered("s4", "dt_min", dt_min, "dt_max", dt_max)
         self.d_state = d_state
         self.build_layer(lambda: S4Kernel(d_model, d_state=d_state, dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr))
 

@@ -11,22 +11,19 @@ Mamba's choice). As the reference trains it, dt and λ use their own learning ra
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.mixers._ssm_conv import SSMConvMixer, as_complex, complex_from_parts
-from longseq.mixers.base import InvalidHyper, Pattern
+from longseq.mixers.base import InvalidHyper, Pattern, PositiveFloat, PositiveInt, check_ordered
 from longseq.mixers.registry import register
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import log_uniform
 from longseq.ops.hippo import dplr_legs, s4d_inv, s4d_lin, s4d_real
 from longseq.ops.ssm_kernel import s4d_kernel, s4d_recurrence
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 S4DInit = Literal["lin", "inv", "legs", "real"]
 
 
@@ -109,8 +106,7 @@ class S4D(SSMConvMixer):
         if init != "real" and d_state % 2:
             raise InvalidHyper(f"mixer 's4d': d_state={d_state} must be even with init={init!r} "
                                f"(complex modes come in conjugate pairs)")
-        if dt_min > dt_max:
-            raise InvalidHyper(f"mixer 's4d': dt_min={dt_min} must be <= dt_max={dt_max}")
+        check_ordered("s4d", "dt_min", dt_min, "dt_max", dt_max)
         self.d_state = d_state
         self.build_layer(lambda: S4DKernel(d_model, d_state=d_state, init=init, discretization=discretization,
                                            dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr))
