@@ -32,15 +32,15 @@ import functools
 import json
 import os
 import shlex
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from longseq.bench.fit import fit_loglog
+from longseq.bench.interleaved import time_interleaved
+from longseq.bench.isolate import median_and_iqr
 from longseq.mixers import build
 from longseq.ops.fft_conv import fft_conv
 from longseq.ops.selective_scan import selective_scan
@@ -94,7 +94,7 @@ def op_call(name: str, mixer: torch.nn.Module, batch: int, length: int, gen: tor
         def ssd() -> object:
             return ssd_chunked(x, dt, a, b, c, chunk, D=d, initial_states=s0, return_final_states=True)
         return ssd, f"x (B={batch}, L, H={h}, P={hd}), G={g}, N={n}, chunk {chunk}"
-    ssm = mixer.ssms[0]
+    ssm = mixer.kernels[0]
     u = randn(batch, mixer.d_model, length)
     d = mixer.D.detach()
     if name == "s4d":
@@ -108,25 +108,6 @@ def op_call(name: str, mixer: torch.nn.Module, batch: int, length: int, gen: tor
     def s4() -> object:
         return fft_conv(u, s4_kernel(dt, lam, p_, b, c, length), D=d)
     return s4, f"u (B={batch}, H={mixer.d_model}, L), {lam.shape[1]} complex modes (N={mixer.d_state})"
-
-
-def time_pair(calls: dict[str, Call], *, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each entry: ``warmup`` untimed calls each, then ``repeats`` interleaved rounds."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    return times
-
-
-def iqr(values: list[float]) -> float:
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q3 - q1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                 x = torch.randn(args.batch, length, args.d_model, generator=gen)
                 op, shapes = op_call(name, mixer, args.batch, length, gen)
                 calls = {"mixer": functools.partial(mixer, x), "op": op}
-                times = time_pair(calls, warmup=args.warmup, repeats=args.repeats)
+                times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
                 point = {"seq_len": length, "op_shapes": shapes}
                 for key, values in times.items():
-                    point[key] = {"median_s": statistics.median(values), "iqr_s": iqr(values), "times_s": values}
+                    median, spread = median_and_iqr(values)
+                    point[key] = {"median_s": median, "iqr_s": spread, "times_s": values}
                 entry["points"].append(point)
                 mix, opm = point["mixer"]["median_s"], point["op"]["median_s"]
                 print(f"  L={length:>6}  mixer {mix * 1e3:9.1f} ms (IQR {point['mixer']['iqr_s'] * 1e3:6.1f})"

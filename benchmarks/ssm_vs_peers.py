@@ -33,13 +33,13 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from longseq.bench.interleaved import time_interleaved
 from longseq.models import Backbone, ModelConfig
 from longseq.results.provenance import collect_provenance
 
@@ -79,19 +79,6 @@ def layer_params(model: nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embeddings."))
 
 
-def timed_rounds(calls: dict[str, Callable[[], object]], *, warmup: int, repeats: int) -> dict[str, list[float]]:
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    return times
-
-
 def compare(kind: str, length: int, args: argparse.Namespace) -> dict:
     d, n_layers = args.d_model, args.layers
     if kind == "mamba":
@@ -125,7 +112,7 @@ def compare(kind: str, length: int, args: argparse.Namespace) -> dict:
             y = fn()
             if not torch.isfinite(y).all() or tuple(y.shape) != tuple(x.shape):
                 raise SystemExit(f"error: {label} gave a non-finite output or shape {tuple(y.shape)}")
-        times = timed_rounds(calls, warmup=args.warmup, repeats=args.repeats)
+        times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
     rows = {}
     for label, values in times.items():
         median = statistics.median(values)

@@ -25,7 +25,7 @@ def _ref_kernel(ssm, length: int) -> torch.Tensor:
 
 def _by_hand(m, x: torch.Tensor) -> torch.Tensor:
     u = x.mT
-    kernels = [_ref_kernel(ssm, x.shape[1]) for ssm in m.ssms]
+    kernels = [_ref_kernel(ssm, x.shape[1]) for ssm in m.kernels]
     y = (toeplitz_conv_ref(u, kernels[0], D=m.D) if len(kernels) == 1
          else toeplitz_conv_bidirectional_ref(u, kernels[0], kernels[1], D=m.D))
     linear = m.output[1]
@@ -48,7 +48,7 @@ def test_layer_is_its_oracle_kernel_convolution(name, hypers, pattern):
 @pytest.mark.parametrize("name", ["s4", "s4d"])
 def test_ssm_parameters_train_at_their_own_rate_without_decay(name):
     m = build(name, D_MODEL, d_state=4, ssm_lr=2e-3)
-    ssm = m.ssms[0]
+    ssm = m.kernels[0]
     marked = {n for n, p in ssm.named_parameters() if optim_settings(p) == {"lr": 2e-3, "weight_decay": 0.0}}
     assert marked == ({"log_dt", "log_Lambda_real", "Lambda_imag", "P", "B"} if name == "s4"
                       else {"log_dt", "log_A_real", "A_imag"})
@@ -57,10 +57,10 @@ def test_ssm_parameters_train_at_their_own_rate_without_decay(name):
 
 
 def test_s4d_initialisations():
-    lin = build("s4d", D_MODEL, d_state=8).ssms[0]
+    lin = build("s4d", D_MODEL, d_state=8).kernels[0]
     torch.testing.assert_close(-lin.log_A_real.exp()[0], torch.full((4,), -0.5))
     torch.testing.assert_close(lin.A_imag[0], torch.pi * torch.arange(4.0))
-    real = build("s4d", D_MODEL, d_state=5, init="real").ssms[0]
+    real = build("s4d", D_MODEL, d_state=5, init="real").kernels[0]
     torch.testing.assert_close(-real.log_A_real.exp()[0], -torch.arange(1.0, 6.0))
     with pytest.raises(ValueError, match="d_state=5 must be even"):
         build("s4d", D_MODEL, d_state=5)
@@ -81,5 +81,5 @@ def test_decoding_reuses_the_step_matrices_only_while_the_parameters_are_unchang
 
     with torch.no_grad():
         torch.testing.assert_close(decode(), m(x), atol=1e-10, rtol=1e-9)
-        m.ssms[0].log_dt.add_(0.7)  # an optimizer step updates in place
+        m.kernels[0].log_dt.add_(0.7)  # an optimizer step updates in place
         torch.testing.assert_close(decode(), m(x), atol=1e-10, rtol=1e-9)

@@ -1,16 +1,12 @@
-"""Linear time-invariant state-space mixers (S4, S4D): a convolution in parallel mode, a recurrence in stream mode.
+"""Linear time-invariant state-space layers (S4, S4D, MEGA's EMA): a convolution in parallel mode, a recurrence
+in stream mode.
 
-The layer is the reference's S4Block: y = GLU(Linear(GELU(K * u + D u))), one kernel K per channel. An *SSM*
-module (``S4DKernel``, ``S4Kernel``) owns the state-space parameters and gives ``kernel(L) -> (H, L)`` and its
-discretised ``recurrence() -> (dA, dB, C)`` (``longseq.ops.lti_recurrence``) and ``state_modes() -> (M, complex?)``;
-this base does the rest:
-
-- ``causal_self``: ``fft_conv`` with the causal kernel; streaming and decoding run the recurrence from the state.
-- ``noncausal_self``: a second SSM gives the backward kernel, combined in S4's convention
-  (``fft_conv_bidirectional``: lag 0 once, in the forward kernel).
-- Masks: convolution counts positions, so a masked batch is packed (each row's valid tokens first,
-  ``longseq.ops.pack``), convolved and unpacked; in the recurrence a masked step is a no-op.
-- The kernel is computed for each input length, so the layer has no length bound of its own.
+The parallel mode is ``KernelConvMixer``'s (``_kernel_conv``): fft_conv with the SSM's kernel, two SSMs in
+``noncausal_self``, masked batches packed. An *SSM* kernel module (``S4DKernel``, ``S4Kernel``, ``EMAKernel``)
+gives ``kernel(L) -> (H, L)`` and, besides, its discretised ``recurrence() -> (dA, dB, C)``
+(``longseq.ops.lti_recurrence``) and ``state_modes() -> (M, complex?)``; streaming and decoding run that
+recurrence from the state, in which a masked step is a no-op. The kernel is computed for each input length, so the
+layer has no length bound of its own.
 """
 
 from __future__ import annotations
@@ -21,10 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from longseq.mixers.base import Mixer, Pattern
-from longseq.ops.fft_conv import fft_conv, fft_conv_bidirectional
+from longseq.mixers._kernel_conv import KernelConvMixer
+from longseq.modules.param_cache import ParamCache
 from longseq.ops.lti_recurrence import lti_scan, lti_step
-from longseq.ops.pack import pack, unpack
 from longseq.state import State
 
 
@@ -36,52 +31,22 @@ class LTIState(State):
     length: int = 0
 
 
-class SSMConvMixer(Mixer):
-    """Base of S4 and S4D; a subclass calls ``super().__init__`` then ``self.build_layer(make_ssm)``."""
+class SSMConvMixer(KernelConvMixer):
+    """Base of S4, S4D and EMA; a subclass calls ``super().__init__`` then ``self.build_layer(make_ssm)``."""
 
-    @classmethod
-    def supported_patterns(cls, **hyper: object) -> frozenset[Pattern]:
-        return frozenset({Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF})
-
-    def build_layer(self, make_ssm: Callable[[], nn.Module]) -> None:
-        h = self.d_model
-        self.ssms = nn.ModuleList(make_ssm() for _ in range(1 if self.pattern.is_causal else 2))
-        self.D = nn.Parameter(torch.randn(h))
-        self.output = nn.Sequential(nn.GELU(), nn.Linear(h, 2 * h), nn.GLU(dim=-1))
-        self._recurrence_cache: tuple[tuple[tuple[int, int], ...], tuple[Tensor, Tensor, Tensor]] | None = None
+    def build_layer(self, make_kernel: Callable[[], nn.Module], *, output: nn.Module | None = None) -> None:
+        super().build_layer(make_kernel, output=output)
+        self._recurrence_cache: ParamCache[tuple[Tensor, Tensor, Tensor]] = ParamCache()
 
     def _recurrence(self) -> tuple[Tensor, Tensor, Tensor]:
         """The step matrices of the causal SSM. Discretising S4's dense matrices costs far more than a step, so
-        outside autograd they are computed once and reused while the parameters are unchanged (keyed on each
-        parameter's storage and in-place version counter, which an optimizer step or a cast changes); under
-        autograd they are recomputed so that gradients reach the parameters."""
-        ssm = self.ssms[0]
-        params = list(ssm.parameters())
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return ssm.recurrence()
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if self._recurrence_cache is None or self._recurrence_cache[0] != key:
-            self._recurrence_cache = (key, ssm.recurrence())
-        return self._recurrence_cache[1]
-
-    def _finish(self, y: Tensor, mask: Tensor | None) -> Tensor:
-        y = self.output(y)
-        return y if mask is None else y.masked_fill(~mask[..., None], 0.0)
-
-    def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
-                 mask: Tensor | None) -> Tensor:
-        u = (x if mask is None else pack(x, mask)).mT  # (B, H, L)
-        kernels = [ssm.kernel(u.shape[-1]) for ssm in self.ssms]
-        if self.pattern.is_causal:
-            y = fft_conv(u, kernels[0], D=self.D)
-        else:
-            y = fft_conv_bidirectional(u, kernels[0], kernels[1], D=self.D)
-        y = y.mT if mask is None else unpack(y.mT, mask)
-        return self._finish(y, mask)
+        outside autograd they are computed once and reused while the parameters are unchanged (``ParamCache``)."""
+        ssm = self.kernels[0]
+        return self._recurrence_cache.get(ssm.parameters(), ssm.recurrence)
 
     def _init_state(self, batch_size: int, *, context: Tensor | None, context_mask: Tensor | None,
                     max_len: int | None) -> State:
-        modes, is_complex = self.ssms[0].state_modes()
+        modes, is_complex = self.kernels[0].state_modes()
         dtype = torch.promote_types(self.D.dtype, torch.float32)  # recurrent states in float32 at least
         shape = (batch_size, self.d_model, modes, 2) if is_complex else (batch_size, self.d_model, modes)
         return LTIState(x=torch.zeros(shape, device=self.D.device, dtype=dtype))

@@ -85,5 +85,7 @@ class ModelConfig(BaseModel):
         return self
 
     def build_mixer(self, name: str, pattern: Pattern) -> torch.nn.Module:
-        hypers = {"max_len": self.max_len, **self.mixer_hypers.get(name, {}), "pattern": pattern}
+        # Without a model max_len each mixer keeps its own default (unbounded, or its kernel's length).
+        bound = {} if self.max_len is None else {"max_len": self.max_len}
+        hypers = {**bound, **self.mixer_hypers.get(name, {}), "pattern": pattern}
         return build(name, self.d_model, **hypers)

@@ -41,7 +41,6 @@ def _add_skip(y: Tensor, u: Tensor, D: Tensor | None) -> Tensor:
     return y.to(u.dtype)
 
 
-
 def _fft_size(length: int) -> int:
     """Next power of two >= 2L: the linear convolution of two length-L signals fits without wrapping around."""
     return 1 << max(0, (2 * length - 1).bit_length())
@@ -82,6 +81,15 @@ def fft_conv_bidirectional(u: Tensor, k_fwd: Tensor, k_bwd: Tensor, *, D: Tensor
     n = _fft_size(length)
     gap = k_fwd.new_zeros(k_fwd.shape[0], n - k_fwd.shape[1] - k_bwd.shape[1])
     return _circular_conv(u, torch.cat((k_fwd, gap, k_bwd.flip(-1)), dim=-1), D)
+
+
+def fold_lag0(k_fwd: Tensor, k_bwd: Tensor) -> tuple[Tensor, Tensor]:
+    """Two-sided kernels in MEGA's convention, both containing lag 0 (y[t] = sum_j k_fwd[j] u[t-j] +
+    sum_j k_bwd[j] u[t+j]: the token itself counted twice), rewritten in S4's convention for
+    ``fft_conv_bidirectional``: k_fwd[0] + k_bwd[0] at lag 0, and k_bwd without its lag 0."""
+    folded = torch.cat((k_fwd[:, :1] + k_bwd[:, :1], k_fwd[:, 1:]), dim=-1)
+    rest = k_bwd[:, 1:] if k_bwd.shape[1] > 1 else k_bwd.new_zeros(k_bwd.shape[0], 1)  # Lk >= 1 for the FFT
+    return folded, rest
 
 
 def _toeplitz(length: int, k_fwd: Tensor, k_bwd: Tensor | None, dtype: torch.dtype) -> Tensor:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from longseq.ops.fft_conv import (
     fft_conv,
     fft_conv_bidirectional,
+    fold_lag0,
     toeplitz_conv_bidirectional_ref,
     toeplitz_conv_ref,
 )
@@ -119,3 +120,16 @@ def test_refusals_name_the_argument(call, words):
         call(torch.randn(2, 3, 8))
     for word in words:
         assert word in str(info.value)
+
+
+def test_fold_lag0_turns_megas_convention_into_s4s():
+    """MEGA: y[t] = sum_j kf[j] u[t-j] + sum_j kb[j] u[t+j] (lag 0 in both) — written out as a double loop."""
+    g = torch.Generator().manual_seed(3)
+    u, kf, kb = torch.randn(2, 3, 7, generator=g, dtype=F64), *(torch.randn(3, 7, generator=g, dtype=F64)
+                                                                 for _ in range(2))
+    want = torch.zeros_like(u)
+    for t in range(7):
+        for s in range(7):
+            want[..., t] += (kf[:, t - s] if s <= t else 0) * u[..., s] + (kb[:, s - t] if s >= t else 0) * u[..., s]
+    torch.testing.assert_close(fft_conv_bidirectional(u, *fold_lag0(kf, kb)), want)
+    assert fold_lag0(kf[:, :1], kb[:, :1])[1].shape == (3, 1)
