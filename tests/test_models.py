@@ -108,3 +108,15 @@ def test_encoder_decoder_generation_matches_parallel_greedy():
 def test_state_size_counts_every_layer():
     m = lm(n_layers=3)
     assert m.state_size(10) == 3 * 2 * 10 * 16
+
+
+def test_mixers_bound_to_a_kernel_length_keep_their_default_without_a_model_max_len():
+    """longconv, sgconv and hyena need a length; a config without max_len leaves them their own default, a config
+    with one bounds every layer by it."""
+    unbounded = lm(layers="longconv,hyena", n_layers=2)
+    assert [b.mixer.max_len for b in unbounded.backbone.blocks] == [1024, 1024]
+    bounded = lm(layers="sgconv,attention", n_layers=2, max_len=40, mixer_hypers={"attention": {"n_heads": 2},
+                                                                                  "sgconv": {"kernel_dim": 8}})
+    assert [b.mixer.max_len for b in bounded.backbone.blocks] == [40, 40]
+    prompt = torch.randint(0, 50, (2, 5))
+    assert bounded.generate(prompt, 4).shape == (2, 9)

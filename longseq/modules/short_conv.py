@@ -1,10 +1,11 @@
-"""ShortConv: a causal depthwise convolution over a few tokens (Mamba, Mamba-2, H3, Hyena, GLA's short convs).
+"""ShortConv: a causal depthwise convolution over a few tokens (Mamba, Mamba-2, H3, Hyena, GLA's short convs), its
+taps optionally ``dilation`` tokens apart (a dilated TCN's blocks).
 
 Channels-last at the boundary, x: (B, L, D), like the mixers that use it; the math (and the masked-token
 convention: a masked token is skipped, as if removed from its row) is ``longseq.ops.short_conv``. The three modes
 compute the same function: ``forward`` on a whole sequence, ``forward_stream`` over chunks and ``step`` one token
-at a time, carrying the last W-1 valid inputs. States are new tensors (never views of the caller's inputs) and keep
-their autograd history, so gradients flow through a chain of chunks.
+at a time, carrying the last (W-1)·dilation valid inputs. States are new tensors (never views of the caller's
+inputs) and keep their autograd history, so gradients flow through a chain of chunks.
 """
 
 from __future__ import annotations
@@ -15,28 +16,29 @@ import math
 import torch
 from torch import Tensor, nn
 
-from longseq.ops.short_conv import ACTIVATIONS, causal_conv1d, causal_conv1d_update
+from longseq.ops.short_conv import ACTIVATIONS, causal_conv1d, causal_conv1d_update, state_width
 from longseq.state import State
 
 
 @dataclasses.dataclass
 class ShortConvState(State):
-    """window: (B, D, W-1), the last W-1 valid inputs (zeros before the first token)."""
+    """window: (B, D, (W-1)·dilation), the last (W-1)·dilation valid inputs (zeros before the first token)."""
 
     window: Tensor
 
 
 class ShortConv(nn.Module):
-    def __init__(self, d: int, kernel_size: int = 4, *, bias: bool = True, activation: str | None = "silu") -> None:
-        """d: channels; kernel_size: W, the tokens each output sees (itself and W-1 before it);
-        activation: "silu" or None."""
+    def __init__(self, d: int, kernel_size: int = 4, *, bias: bool = True, activation: str | None = "silu",
+                 dilation: int = 1) -> None:
+        """d: channels; kernel_size: W, the taps of each output (itself and W-1 before it, ``dilation`` tokens
+        apart); activation: "silu" or None."""
         super().__init__()
-        for name, value in (("d", d), ("kernel_size", kernel_size)):
-            if not isinstance(value, int) or value <= 0:
+        for name, value in (("d", d), ("kernel_size", kernel_size), ("dilation", dilation)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ShortConv: {name}={value!r} must be a positive integer")
         if activation not in ACTIVATIONS:
             raise ValueError(f"ShortConv: activation={activation!r} is not allowed; allowed: None, 'silu'")
-        self.d, self.kernel_size, self.activation = d, kernel_size, activation
+        self.d, self.kernel_size, self.activation, self.dilation = d, kernel_size, activation, dilation
         self.weight = nn.Parameter(torch.empty(d, kernel_size))
         self.bias = nn.Parameter(torch.empty(d)) if bias else None
         self.reset_parameters()
@@ -50,7 +52,8 @@ class ShortConv(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, L, D), mask: bool (B, L), True = valid -> y: (B, L, D), 0 at masked positions."""
-        y = causal_conv1d(self._channels_first(x), self.weight, self.bias, activation=self.activation, mask=mask)
+        y = causal_conv1d(self._channels_first(x), self.weight, self.bias, activation=self.activation, mask=mask,
+                          dilation=self.dilation)
         return y.transpose(1, 2)
 
     def init_state(self, batch: int, device: torch.device | str | None = None,
@@ -58,20 +61,22 @@ class ShortConv(nn.Module):
         """Zeros: before the first token the window is empty. device/dtype default to the weight's."""
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
-        return ShortConvState(window=torch.zeros(batch, self.d, self.kernel_size - 1, device=device, dtype=dtype))
+        width = state_width(self.kernel_size, self.dilation)
+        return ShortConvState(window=torch.zeros(batch, self.d, width, device=device, dtype=dtype))
 
     def forward_stream(self, x: Tensor, state: ShortConvState,
                        mask: Tensor | None = None) -> tuple[Tensor, ShortConvState]:
         """The next chunk x: (B, T, D), mask: bool (B, T) -> (y: (B, T, D), the state after it). ``state`` is not
         modified."""
         y, window = causal_conv1d(self._channels_first(x), self.weight, self.bias, initial_state=self._window(state),
-                                  activation=self.activation, return_final_state=True, mask=mask)
+                                  activation=self.activation, return_final_state=True, mask=mask,
+                                  dilation=self.dilation)
         return y.transpose(1, 2), ShortConvState(window=window)
 
     def step(self, x_t: Tensor, state: ShortConvState, mask_t: Tensor | None = None) -> tuple[Tensor, ShortConvState]:
         """One token x_t: (B, D), mask_t: bool (B,) -> (y_t: (B, D), the state after it). ``state`` is not modified."""
         y, window = causal_conv1d_update(x_t, self._window(state), self.weight, self.bias,
-                                         activation=self.activation, mask_t=mask_t)
+                                         activation=self.activation, mask_t=mask_t, dilation=self.dilation)
         return y, ShortConvState(window=window)
 
     def _channels_first(self, x: Tensor) -> Tensor:
@@ -87,4 +92,4 @@ class ShortConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.d}, kernel_size={self.kernel_size}, bias={self.bias is not None}, "
-                f"activation={self.activation!r}")
+                f"activation={self.activation!r}, dilation={self.dilation}")

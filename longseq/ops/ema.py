@@ -9,8 +9,8 @@ swaps them (its ``delta`` is α, its ``alpha`` is δ, its ``gamma`` is η). The 
 
     k_l = sum_n η_n α_n β_n q_n^l / sqrt(h),   q = 1 - α δ,
 
-computed in log space (q^l = exp(l log q), with log q = log1p(-α δ)), so a long kernel neither overflows nor loses
-the slow modes (|q| < 1: powers only shrink). The step form (``ema_recurrence``) feeds
+computed in log space (q^l = exp(l log q), with log q = log1p(-α δ), exponents in float64), so a long kernel
+neither overflows nor loses the slow modes (|q| < 1: powers only shrink). The step form (``ema_recurrence``) feeds
 ``longseq.ops.lti_recurrence.lti_step`` as real diagonal modes; ``ema_ref`` is the explicit loop both are tested
 against. Parameters: (D, h) each; computation in float32 at least.
 """
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from longseq.ops.precision import compute_dtype
+from longseq.ops.ssm_kernel import vandermonde
 
 
 def _coefficients(alpha: Tensor, delta: Tensor, beta: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -38,9 +39,9 @@ def _coefficients(alpha: Tensor, delta: Tensor, beta: Tensor, eta: Tensor) -> tu
 def ema_kernel(alpha: Tensor, delta: Tensor, beta: Tensor, eta: Tensor, length: int) -> Tensor:
     """The EMA's convolution kernel: (D, length), k[:, l] = sum_n η α β q^l / sqrt(h)."""
     log_q, p, c = _coefficients(alpha, delta, beta, eta)
-    lags = torch.arange(length, device=alpha.device, dtype=log_q.dtype)
-    powers = torch.exp(log_q[..., None] * lags)  # (D, h, L), in (0, 1]
-    return torch.einsum("dn,dnl->dl", p * c, powers)
+    # The chunked Vandermonde product of S4D: q^l = q^(i·b) q^j, one matmul over the modes, so that neither the
+    # (D, h, L) powers nor D·h·L exponentials are ever formed.
+    return vandermonde((p * c).to(torch.complex128), log_q.to(torch.complex128), length, None, log_q.dtype)
 
 
 def ema_recurrence(alpha: Tensor, delta: Tensor, beta: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -172,8 +172,9 @@ def _exp_reduced(re: Tensor, im: Tensor, dtype: torch.dtype) -> tuple[Tensor, Te
     return magnitude * torch.cos(angle), magnitude * torch.sin(angle)
 
 
-def _vandermonde(weights: Tensor, log_dA: Tensor, L: int, chunk: int | None, dtype: torch.dtype) -> Tensor:
-    """weights, log_dA: (H, N2) complex128 -> K: (H, L) in dtype, K[h, l] = Re sum_n weights[h, n] dA[h, n]^l.
+def vandermonde(weights: Tensor, log_dA: Tensor, L: int, chunk: int | None, dtype: torch.dtype) -> Tensor:
+    """weights, log_dA: (H, N2) complex128 (real modes: zero imaginary parts) -> K: (H, L) in dtype,
+    K[h, l] = Re sum_n weights[h, n] dA[h, n]^l. Used by every diagonal kernel (S4D, MEGA's EMA).
 
     l = q c + r: dA^l = dA^(qc) dA^r, both factors from float64 exponents l·log dA (angles reduced modulo 2π in
     float64), so that the phase is exact to the working precision whatever l; then one real matmul over the modes,
@@ -207,7 +208,7 @@ def s4d_kernel(dt: Tensor, A: Tensor, C: Tensor, L: int, *, B: Tensor | None = N
     _check_chunk("s4d_kernel", chunk)
     _, dB, log_dA = _s4d_discrete(dt, A, B, discretization)
     weights = _mode_factor(A) * C.to(dB.dtype) * dB
-    return _vandermonde(weights.to(C128), log_dA, L, chunk, _real_dtype(dt, A, C, B))
+    return vandermonde(weights.to(C128), log_dA, L, chunk, _real_dtype(dt, A, C, B))
 
 
 def s4d_kernel_ref(dt: Tensor, A: Tensor, C: Tensor, L: int, *, B: Tensor | None = None,

@@ -1,6 +1,6 @@
 """ShortConv: forward vs the loop-over-time oracle (channels-last, with its own weights), streaming over many chunk
-splits and step-by-step vs forward (with and without holes in the mask), rows without a valid token, no aliasing
-of the caller's inputs, gradients through chained forward_stream calls, refusals."""
+splits and step-by-step vs forward (with and without holes in the mask, with and without dilation), rows without a
+valid token, no aliasing of the caller's inputs, gradients through chained forward_stream calls, refusals."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ B, L, D = 3, 32, 16
 SPLITS = [[1, L - 1], [L // 2 - 1, L // 2 + 1], [3, 13, L - 16], [L], [1] * L, [5, 1, 1, 7, 2, 16]]
 
 
-def _conv(kernel_size: int = 4, activation: str | None = "silu", bias: bool = True) -> ShortConv:
+def _conv(kernel_size: int = 4, activation: str | None = "silu", bias: bool = True, dilation: int = 1) -> ShortConv:
     torch.manual_seed(kernel_size)
-    return ShortConv(D, kernel_size, bias=bias, activation=activation).to(F64)
+    return ShortConv(D, kernel_size, bias=bias, activation=activation, dilation=dilation).to(F64)
 
 
 def _x(seed: int = 0) -> torch.Tensor:
@@ -44,22 +44,22 @@ def _stream(conv: ShortConv, x: torch.Tensor, chunks: list[int], mask: torch.Ten
     return torch.cat(ys, dim=1)
 
 
-@pytest.mark.parametrize(("activation", "bias", "masked"), [(None, False, False), ("silu", True, False),
-                                                            ("silu", True, True)])
-def test_forward_matches_reference(activation, bias, masked):
-    conv = _conv(activation=activation, bias=bias)
+@pytest.mark.parametrize(("activation", "bias", "masked", "dilation"), [
+    (None, False, False, 1), ("silu", True, False, 1), ("silu", True, True, 1), (None, True, True, 3)])
+def test_forward_matches_reference(activation, bias, masked, dilation):
+    conv = _conv(activation=activation, bias=bias, dilation=dilation)
     x = _x().requires_grad_()
     mask = _holes() if masked else None
     got = conv(x, mask=mask)
-    want = causal_conv1d_ref(x.transpose(1, 2), conv.weight, conv.bias, activation=activation,
-                             mask=mask).transpose(1, 2)
+    want = causal_conv1d_ref(x.transpose(1, 2), conv.weight, conv.bias, activation=activation, mask=mask,
+                             dilation=dilation).transpose(1, 2)
     assert_same_function(got, want, [x, *conv.parameters()])
 
 
-@pytest.mark.parametrize("kernel_size", [1, 4, 6])
+@pytest.mark.parametrize(("kernel_size", "dilation"), [(1, 1), (4, 1), (6, 1), (3, 4), (2, 5)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_stream_and_step_equal_forward(kernel_size, masked):
-    conv = _conv(kernel_size)
+def test_stream_and_step_equal_forward(kernel_size, dilation, masked):
+    conv = _conv(kernel_size, dilation=dilation)
     x, mask = _x(kernel_size), _holes() if masked else None
     with torch.no_grad():
         want = conv(x, mask=mask)
@@ -124,6 +124,8 @@ def test_state():
     assert state.window.shape == (2, D, 4) and state.window.dtype == F64 and state.window.abs().max() == 0
     assert state.num_floats() == D * 4
     assert conv.init_state(2, dtype=torch.float32).window.dtype == torch.float32
+    dilated = _conv(kernel_size=3, dilation=4).init_state(2)
+    assert dilated.window.shape == (2, D, 8) and dilated.num_floats() == D * 8  # (W-1)·dilation inputs
 
 
 def test_refusals():
@@ -131,10 +133,14 @@ def test_refusals():
         ShortConv(D, 0)
     with pytest.raises(ValueError, match="activation='gelu' is not allowed"):
         ShortConv(D, activation="gelu")
+    with pytest.raises(ValueError, match="dilation=0 must be a positive integer"):
+        ShortConv(D, dilation=0)
     conv = _conv()
     with pytest.raises(ValueError, match=r"x must have shape \(B, L, 16\), got \(3, 16, 32\)"):
         conv(_x().transpose(1, 2))
     with pytest.raises(TypeError, match="state must come from its init_state"):
         conv.forward_stream(_x(), object())
-    with pytest.raises(ValueError, match=r"initial_state must have shape \(B, D, W-1\)"):
+    with pytest.raises(ValueError, match=r"initial_state must have shape \(B, D, \(W-1\)·dilation\)"):
         conv.forward_stream(_x(), ShortConv(D, 3).init_state(B))
+    with pytest.raises(ValueError, match=r"initial_state must have shape .* = \(3, 16, 3\), got \(3, 16, 6\)"):
+        conv.forward_stream(_x(), ShortConv(D, 3, dilation=3).init_state(B))
