@@ -12,7 +12,8 @@ and under ``torch.inference_mode()``:
   - longconv, sgconv: the kernel (``kernel(L)``: regularizers / multi-scale build) + ``fft_conv`` + the output
     Linear(d, 2d);
   - ema: the EMA kernel + ``fft_conv`` (the layer has no projection);
-  - hyena: in_proj Linear(d, 3d) + the implicit filter + the order-1 ``fft_conv``s over d channels + out_proj;
+  - hyena: in_proj Linear(d, 3d) + the short depthwise convolution over 3d channels + the implicit filter + the
+    order-1 ``fft_conv``s over d channels + out_proj;
   - tcn: the n_layers dilated depthwise ``F.conv1d``s + out_proj.
 
 Every point is warmed up, then the three are timed in interleaved rounds (``longseq.bench.interleaved``). The
@@ -56,8 +57,12 @@ def op_and_projections(name: str, mixer: torch.nn.Module, x: torch.Tensor) -> Ca
         project = (lambda y: y) if name == "ema" else mixer.output[1]
         return lambda: project(fft_conv(u, module.kernel(length), D=mixer.D).mT)
     if name == "hyena":
+        conv = mixer.short_conv
+        wide = torch.randn(x.shape[0], conv.d, length)
+
         def hyena() -> object:
             mixer.in_proj(x)
+            F.conv1d(wide, conv.weight[:, None], conv.bias, groups=conv.d, padding=conv.kernel_size - 1)
             h = mixer.filters(length)
             for i in range(mixer.order - 1):
                 fft_conv(u, h[i, 0], D=mixer.bias[i])
@@ -68,7 +73,7 @@ def op_and_projections(name: str, mixer: torch.nn.Module, x: torch.Tensor) -> Ca
     def dilated_convs() -> object:
         for conv, dilation in zip(tcn.convs, tcn.dilations, strict=True):
             padded = F.pad(u, ((tcn.kernel_size - 1) * dilation, 0))
-            F.conv1d(padded, conv.weight[:, None], conv.bias, groups=u.shape[1], dilation=dilation)
+            F.conv1d(padded, conv.weight, conv.bias, groups=u.shape[1], dilation=dilation)
         return mixer.out_proj(x)
     return dilated_convs
 

@@ -60,11 +60,17 @@ def test_noncausal_receptive_field_is_centred(hypers, field):
     assert grad[: t - half].abs().max() == 0 and grad[t + half + 1:].abs().max() == 0
 
 
+@pytest.mark.parametrize("segment", [None, 5])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("hypers", [(3, 3, 2), (2, 4, 2), (3, 2, 3)])
-def test_causal_layer_is_a_loop_over_blocks_with_the_oracle_conv(hypers, masked):
+def test_causal_layer_is_a_loop_over_blocks_with_the_oracle_conv(monkeypatch, hypers, masked, segment):
     """y = out_proj(h_n), h_{i+1} = h_i + GELU(conv_ref_i(h_i)) with each block's own weights and dilation; with a
-    mask, each block's oracle skips the masked tokens and the outputs there are 0."""
+    mask, each block's oracle skips the masked tokens and the outputs there are 0. forward() runs in segments of
+    SEGMENT_TOKENS carrying the block windows (here also 5 tokens of 24)."""
+    from longseq.mixers import _passes
+
+    if segment is not None:
+        monkeypatch.setattr(_passes, "SEGMENT_TOKENS", segment)
     m = _tcn("causal_self", *hypers)
     x = torch.randn(B, 24, D_MODEL, dtype=F64, requires_grad=True)
     mask = None
@@ -73,8 +79,8 @@ def test_causal_layer_is_a_loop_over_blocks_with_the_oracle_conv(hypers, masked)
         mask[0, :3] = False
         mask[1, [5, 6, 7, 15]] = False
     h = x
-    for conv in m.tcn.convs:
-        y = causal_conv1d_ref(h.mT, conv.weight, conv.bias, mask=mask, dilation=conv.dilation).mT
+    for conv, dilation in zip(m.tcn.convs, m.tcn.dilations, strict=True):
+        y = causal_conv1d_ref(h.mT, conv.weight[:, 0], conv.bias, mask=mask, dilation=dilation).mT
         h = h + F.gelu(y)
     want = m.out_proj(h)
     if mask is not None:
@@ -88,7 +94,7 @@ def test_noncausal_taps_are_centred():
     x = torch.randn(B, 20, D_MODEL, dtype=F64)
     h = x
     for conv, dilation in zip(tcn.convs, (1, 3), strict=True):
-        weight, bias = conv.conv.weight[:, 0], conv.conv.bias
+        weight, bias = conv.weight[:, 0], conv.bias
         padded = F.pad(h.mT, (2 * dilation, 2 * dilation))
         y = sum(weight[:, i, None] * padded[..., i * dilation:i * dilation + 20] for i in range(5)) + bias[:, None]
         h = h + F.gelu(y.mT)
@@ -99,13 +105,13 @@ def test_masked_tokens_are_a_no_op_on_every_block_state():
     tcn = DilatedTCN(D_MODEL, kernel_size=3, n_layers=3).double()
     x = torch.randn(B, 7, D_MODEL, dtype=F64)
     _, state = tcn.forward_stream(x, tcn.init_state(B))
-    assert [s.window.shape[-1] for s in state.blocks] == [2, 4, 8]  # (K-1)·f^i
+    assert [w.shape[-1] for w in state.windows] == [2, 4, 8]  # (K-1)·f^i
     assert state.num_floats() == D_MODEL * (tcn.receptive_field - 1)
     y, after = tcn.forward_stream(x, state, torch.zeros(B, 7, dtype=torch.bool))
     y_t, after_step = tcn.step(x[:, 0], state, torch.zeros(B, dtype=torch.bool))
     assert y.abs().max() == 0 and y_t.abs().max() == 0
     for new in (after, after_step):
-        assert all(torch.equal(a.window, b.window) for a, b in zip(new.blocks, state.blocks, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(new.windows, state.windows, strict=True))
 
 
 @pytest.mark.parametrize(("hypers", "words"), [

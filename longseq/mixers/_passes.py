@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,8 @@ from longseq.modules import ShortConvState
 from longseq.modules.bidirectional import two_way
 from longseq.state import State
 
-SEGMENT_TOKENS = 8192  # forward() runs a pass over at most this many tokens at a time
+SEGMENT_TOKENS = 8192  # forward() runs a causal form over at most this many tokens at a time
+S = TypeVar("S", bound=State)
 
 
 @dataclasses.dataclass
@@ -47,6 +48,20 @@ def scan_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def run_segmented(advance: Callable[[Tensor, Tensor | None, S], tuple[Tensor, S]], state: S, x: Tensor,
+                  mask: Tensor | None) -> Tensor:
+    """A causal form over the whole sequence x: (B, L, D), as its streaming form in segments of ``SEGMENT_TOKENS``
+    carrying the state from ``state`` (exact: streaming is the same function); advance(x_part, mask_part, state)
+    -> (y_part, state). Elementwise passes over (L, ~4d) intermediates are memory-bound once they outgrow the
+    cache (a GELU over 64K x 256 floats costs 48x one over 8K, not 8x); segments keep them cache-sized."""
+    ys = []
+    for start in range(0, x.shape[1], SEGMENT_TOKENS):
+        part = slice(start, start + SEGMENT_TOKENS)
+        y, state = advance(x[:, part], None if mask is None else mask[:, part], state)
+        ys.append(y)
+    return ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+
+
 class PassMixer(Mixer):
     """Base of the pass mixers; a subclass calls ``super().__init__`` and then ``self.build_passes(make_pass)``."""
 
@@ -58,15 +73,9 @@ class PassMixer(Mixer):
         self.passes = nn.ModuleList(make_pass() for _ in range(1 if self.pattern.is_causal else 2))
 
     def _run(self, i: int, x: Tensor, mask: Tensor | None) -> Tensor:
-        """Pass i over the whole sequence: in segments of ``SEGMENT_TOKENS`` carrying the state (exact: it is the
-        streaming form), so that the projections' (L, ~4d) intermediates stay cache-sized at long L."""
+        """Pass i over the whole sequence, in segments (``run_segmented``)."""
         pass_: Pass = self.passes[i]
-        state, ys = pass_.init_state(x.shape[0]), []
-        for start in range(0, x.shape[1], SEGMENT_TOKENS):
-            part = slice(start, start + SEGMENT_TOKENS)
-            y, state = pass_(x[:, part], None if mask is None else mask[:, part], state)
-            ys.append(y)
-        return ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+        return run_segmented(pass_, pass_.init_state(x.shape[0]), x, mask)
 
     def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
                  mask: Tensor | None) -> Tensor:

@@ -125,6 +125,12 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, init
     keep = state_width(weight.shape[1], dilation)
     if mask is not None:
         x = pack(x, mask, dim=2)  # valid tokens first: the convolution sees each row without its holes
+    if initial_state is None and not return_final_state:
+        # From an empty window, conv1d's own zero padding (on both sides; the last outputs are dropped) replaces
+        # concatenating zeros in front: that copy of the whole input costs as much as the convolution at long L.
+        y = F.conv1d(x, weight[:, None, :], bias, groups=d, dilation=dilation, padding=keep)[..., :length]
+        y = _activate(y, activation)
+        return y if mask is None else unpack(y, mask, dim=2)
     state = x.new_zeros(b, d, keep) if initial_state is None else initial_state
     padded = torch.cat((state, x), dim=-1)  # (B, D, (W-1)·d + L)
     y = _activate(F.conv1d(padded, weight[:, None, :], bias, groups=d, dilation=dilation), activation)
