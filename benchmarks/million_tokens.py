@@ -1,4 +1,4 @@
-"""A forward pass over a million tokens: time and peak resident memory of ``mamba``, ``mamba2`` and ``s4d``.
+"""A forward pass over a million tokens: time and peak resident memory of ``mamba``, ``mamba2``, ``s4d``, ``hyena``.
 
 Each mixer runs in its own child process (this script with ``--child NAME``), so that its peak memory is its
 own: the child builds the mixer (``build(name, d_model)``, default hypers, float32, eval), draws x: (1, L, d_model),
@@ -11,8 +11,9 @@ must not exceed the pre-pass RSS by much, or the figure would be an underestimat
 How a mixer covers the sequence (``--stream``): mixers named there stream it with ``forward_stream`` in chunks of
 ``--chunk`` tokens (the state carries across chunks: the same function as one ``forward``, contract-tested), the
 others run ``forward`` in one call. Defaults: mamba and mamba2 stream in chunks of 65,536 (a one-call pass would
-hold every projection, dt and B/C tensor of the whole sequence at once); s4d runs ``forward`` in one go (one
-FFT of size 2L per channel).
+hold every projection, dt and B/C tensor of the whole sequence at once); s4d and hyena run ``forward`` in one go
+(one FFT of size 2L per channel). Every mixer is built with ``max_len`` = L (hyena's implicit filter is bound
+to it).
 
     .venv/bin/python benchmarks/million_tokens.py                    # L = 2^20, d_model 64, batch 1
 """
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-MIXERS = ("mamba", "mamba2", "s4d")
+MIXERS = ("mamba", "mamba2", "s4d", "hyena")
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -54,7 +55,8 @@ def child(name: str, args: argparse.Namespace) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    mixer = build(name, args.d_model).eval()
+    # Built for this length, as the speed bench does (hyena's implicit filter is bound to it).
+    mixer = build(name, args.d_model, max_len=args.length).eval()
     length, streamed = args.length, name in args.stream
     x = torch.randn(1, length, args.d_model)
     y = torch.empty_like(x)

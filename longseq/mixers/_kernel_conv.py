@@ -71,7 +71,7 @@ class KernelConvMixer(Mixer):
 
 @dataclasses.dataclass
 class HistoryState(State):
-    """history: (B, H, P) the last valid inputs, right-aligned (``longseq.ops.history_conv``); length: tokens so
+    """history: (B, H, P) the last valid inputs, newest first (``longseq.ops.history_conv``); length: tokens so
     far."""
 
     history: Tensor

@@ -50,7 +50,7 @@ from longseq.state import State
 @dataclasses.dataclass
 class HyenaState(State):
     """conv: the short convolution's window; histories: per long convolution (B, D, P), its last P <= max_len-1
-    valid inputs, right-aligned (``longseq.ops.history_conv``); length: tokens so far."""
+    valid inputs, newest first (``longseq.ops.history_conv``); length: tokens so far."""
 
     conv: ShortConvState
     histories: list[Tensor]

@@ -5,10 +5,11 @@ state-space form: to continue it past a chunk boundary the layer keeps the input
 each new output is a dot product with it (O(L) per token, the price of an explicit kernel). Shapes are
 channels-first like ``fft_conv``: u: (B, H, T), history: (B, H, P), kernels: (H, Lk).
 
-A history is *right-aligned*: its last column is each row's most recent input and lag j sits at column P-1-j. Rows
-that have seen fewer inputs than P have zeros on the left, which a convolution ignores (they multiply lags beyond
-the row's start) — so rows that advanced by different numbers of valid tokens share one tensor. Only the last
-Lk-1 inputs can still act on a future output, so a history never needs to be longer than that.
+A history is stored *newest first*: column j holds each row's input from j+1 tokens ago, the one lag j+1 of the
+kernel multiplies. So decoding a token is one contiguous dot product with the kernel's taps as stored (no reversal
+per token), and rows that have seen fewer inputs than P have zeros on the right, which a convolution ignores (they
+stand for inputs before the row's start) — rows that advanced by different numbers of valid tokens share one
+tensor. Only the last Lk-1 inputs can still act on a future output, so a history never needs more columns.
 
 Masks: a masked token is skipped, as in ``fft_conv`` with ``pack`` — the caller packs a chunk (valid tokens first)
 before ``conv_continue`` and passes each row's valid count to ``push_history``.
@@ -33,42 +34,44 @@ def _check(fn: str, u: Tensor, history: Tensor, k: Tensor) -> None:
 
 def conv_continue(u: Tensor, history: Tensor, k: Tensor, *, D: Tensor | None = None) -> Tensor:
     """The causal convolution's outputs at T new positions: u: (B, H, T) the new inputs, history: (B, H, P) the
-    inputs before them (right-aligned), k: (H, Lk), D: (H,) -> y: (B, H, T),
+    inputs before them (newest first), k: (H, Lk), D: (H,) -> y: (B, H, T),
 
-        y[t] = sum_j k[j] [history, u][P + t - j] + D u[t].
+        y[t] = sum_{j <= t} k[j] u[t - j] + sum_{j > t} k[j] history[j - t - 1] + D u[t].
 
-    One new token is a dot product with the last Lk-1 inputs (O(Lk) per channel); a longer chunk is one FFT
-    convolution over the history and the chunk, of which the last T outputs are kept."""
+    One new token is a dot product with the last Lk-1 inputs (O(Lk) per channel, one read of the history); a
+    longer chunk is one FFT convolution over the history (put back in time order) and the chunk."""
     _check("conv_continue", u, history, k)
-    history = history[..., max(0, history.shape[-1] - (k.shape[1] - 1)):]  # only these can still act
+    history = history[..., : k.shape[1] - 1]  # only these can still act
     if u.shape[-1] != 1:
-        return fft_conv(torch.cat((history, u), dim=-1), k, D=D)[..., history.shape[-1]:]
+        return fft_conv(torch.cat((history.flip(-1), u), dim=-1), k, D=D)[..., history.shape[-1]:]
     dtype = compute_dtype(u, k, D)
-    window = torch.cat((history, u), dim=-1).to(dtype)  # (B, H, W): the newest input last
-    taps = k[:, : window.shape[-1]].flip(-1).to(dtype)  # taps[i] weighs window[i]: lag W-1-i
-    y = (window[..., window.shape[-1] - taps.shape[-1]:] * taps).sum(-1, keepdim=True)
+    taps = k[:, 1: history.shape[-1] + 1].to(dtype)  # lag j + 1 multiplies history[..., j]
+    y = torch.einsum("bhp,hp->bh", history.to(dtype), taps) + k[:, 0].to(dtype) * u[..., 0].to(dtype)
     if D is not None:
-        y = y + D.to(dtype)[:, None] * u.to(dtype)
-    return y.to(u.dtype)
+        y = y + D.to(dtype) * u[..., 0].to(dtype)
+    return y[..., None].to(u.dtype)
 
 
 def conv_continue_ref(u: Tensor, history: Tensor, k: Tensor, *, D: Tensor | None = None) -> Tensor:
     """Oracle of ``conv_continue``: the Toeplitz convolution of the whole sequence, its last T outputs."""
     _check("conv_continue_ref", u, history, k)
-    return toeplitz_conv_ref(torch.cat((history, u), dim=-1), k, D=D)[..., history.shape[-1]:]
+    return toeplitz_conv_ref(torch.cat((history.flip(-1), u), dim=-1), k, D=D)[..., history.shape[-1]:]
 
 
 def push_history(history: Tensor, u: Tensor, keep: int, n_valid: Tensor | None = None) -> Tensor:
-    """The history after u: history: (B, H, P), u: (B, H, T) with each row's valid tokens first when ``n_valid``:
-    (B,) int is given (a packed chunk) -> (B, H, min(keep, P + T)): the last ``keep`` valid inputs of each row,
-    right-aligned, zeros on the left. A new tensor: it aliases neither argument."""
+    """The history after u: history: (B, H, P) newest first, u: (B, H, T) in time order, with each row's valid
+    tokens first when ``n_valid``: (B,) int is given (a packed chunk) -> (B, H, min(keep, P + T)): the last
+    ``keep`` valid inputs of each row, newest first, zeros on the right. A new tensor: it aliases neither
+    argument."""
     if keep < 0:
         raise ValueError(f"push_history: keep={keep} must be >= 0")
-    full = torch.cat((history, u), dim=-1)
-    size = min(keep, full.shape[-1])
-    if n_valid is None:
-        return full[..., full.shape[-1] - size:].clone()  # a copy: a view would pin the whole chunk's storage
-    # Row b's valid inputs end at column P + n_valid[b]; take the `size` columns before that.
-    index = history.shape[-1] + n_valid[:, None] - size + torch.arange(size, device=u.device)  # (B, size)
-    gathered = full.gather(-1, index.clamp(min=0)[:, None, :].expand(-1, full.shape[1], -1))
-    return gathered.masked_fill((index < 0)[:, None, :], 0.0)
+    t, size = u.shape[-1], min(keep, history.shape[-1] + u.shape[-1])
+    if n_valid is None:  # only what is kept is copied
+        newest = u[..., max(0, t - size):].flip(-1)
+        return torch.cat((newest, history[..., : size - newest.shape[-1]]), dim=-1)
+    # In [u reversed, history], row b's newest valid input sits at column T - n_valid[b]; keep `size` from there.
+    full = torch.cat((u.flip(-1), history), dim=-1)
+    index = (t - n_valid)[:, None] + torch.arange(size, device=u.device)  # (B, size)
+    beyond = index >= full.shape[-1]  # older than the row's first input
+    gathered = full.gather(-1, index.clamp(max=full.shape[-1] - 1)[:, None, :].expand(-1, full.shape[1], -1))
+    return gathered.masked_fill(beyond[:, None, :], 0.0)

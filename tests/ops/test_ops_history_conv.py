@@ -1,5 +1,5 @@
 """Continuing a causal convolution from an input history: the one-token dot product and the FFT chunk form vs the
-Toeplitz oracle (outputs and gradients, float64), and the right-aligned history after masked chunks."""
+Toeplitz oracle (outputs and gradients, float64), and the newest-first history after masked chunks."""
 
 from __future__ import annotations
 
@@ -41,13 +41,16 @@ def test_streaming_chunks_with_a_bounded_history_equals_one_convolution(chunks):
     torch.testing.assert_close(torch.cat(ys, dim=-1), fft_conv(u, k))
 
 
-def test_push_history_keeps_each_rows_last_valid_inputs_right_aligned():
+def test_push_history_keeps_each_rows_last_valid_inputs_newest_first():
     u = torch.arange(1.0, 7.0).expand(3, 1, 6)  # inputs 1..6 in every row
     mask = torch.tensor([[True] * 6, [False, True, False, True, True, False], [False] * 6])
-    history = torch.tensor([[[10.0, 20.0]], [[0.0, 30.0]], [[0.0, 0.0]]])  # row 1 has seen one input, row 2 none
+    history = torch.tensor([[[20.0, 10.0]], [[30.0, 0.0]], [[0.0, 0.0]]])  # row 1 has seen one input, row 2 none
     new = push_history(history, pack(u, mask, dim=2), keep=4, n_valid=mask.sum(dim=1))
-    assert new.tolist() == [[[3.0, 4.0, 5.0, 6.0]], [[30.0, 2.0, 4.0, 5.0]], [[0.0, 0.0, 0.0, 0.0]]]
+    assert new.tolist() == [[[6.0, 5.0, 4.0, 3.0]], [[5.0, 4.0, 2.0, 30.0]], [[0.0, 0.0, 0.0, 0.0]]]
     assert push_history(history, u[..., :1], keep=0).shape[-1] == 0
+    assert push_history(history, u[:, :, :2], keep=3).tolist() == [[[2.0, 1.0, 20.0]], [[2.0, 1.0, 30.0]],
+                                                                   [[2.0, 1.0, 0.0]]]
+    assert push_history(history, u[:, :, :3], keep=2).tolist() == [[[3.0, 2.0]]] * 3
 
 
 def test_push_history_does_not_alias_its_arguments():
