@@ -27,19 +27,17 @@ Run it on an otherwise idle machine (the 1-minute load average is printed before
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import shlex
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from longseq.bench.fit import fit_loglog
-from longseq.bench.interleaved import time_interleaved
+from longseq.bench.interleaved import parse_scaling_args, scaling_parser, time_interleaved
 from longseq.bench.isolate import median_and_iqr
 from longseq.mixers import build
 from longseq.ops.fft_conv import fft_conv
@@ -111,26 +109,8 @@ def op_call(name: str, mixer: torch.nn.Module, batch: int, length: int, gen: tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mixers", default=",".join(MIXERS), help=f"comma-separated subset of {','.join(MIXERS)}")
-    parser.add_argument("--lengths", default="8192,16384,32768,65536")
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each function per point")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per point (>= 5)")
-    parser.add_argument("--tolerance", type=float, default=0.1, help="allowed mixer exponent - op exponent")
-    parser.add_argument("--json", type=Path, default=None, help="write every time and the fits here")
-    args = parser.parse_args(argv)
-    mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
-    unknown = sorted(set(mixers) - set(MIXERS))
-    if unknown:
-        parser.error(f"--mixers: unknown {', '.join(unknown)}; allowed: {', '.join(MIXERS)}")
-    lengths = sorted({int(v) for v in args.lengths.split(",")})
-    if len(lengths) < 2:
-        parser.error("--lengths: at least two lengths are needed for a slope")
-    if args.repeats < 5:
-        parser.error("--repeats must be >= 5")
+    parser = scaling_parser(__doc__.split("\n\n")[0], MIXERS, repeats=5)
+    args, mixers, lengths = parse_scaling_args(parser, argv, MIXERS)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -15,6 +15,8 @@ from longseq.mixers import s4d as _s4d  # noqa: F401  (registers "s4d")
 from longseq.mixers import sgconv as _sgconv  # noqa: F401  (registers "sgconv")
 from longseq.mixers import tcn as _tcn  # noqa: F401  (registers "tcn")
 from longseq.mixers.base import (
+    ALL_PATTERNS,
+    SELF_PATTERNS,
     InvalidHyper,
     Mixer,
     Mode,
@@ -37,7 +39,7 @@ from longseq.mixers.registry import (
 from longseq.state import State
 
 __all__ = [
-    "InvalidHyper", "Mixer", "MixerInfo", "Mode", "ModeNotSupported", "Pattern", "PatternNotSupported",
-    "SequenceTooLong", "State", "UnknownMixer", "available", "build", "hyper_names", "info", "mixer_class",
-    "register", "validate_hypers",
+    "ALL_PATTERNS", "SELF_PATTERNS", "InvalidHyper", "Mixer", "MixerInfo", "Mode", "ModeNotSupported", "Pattern",
+    "PatternNotSupported", "SequenceTooLong", "State", "UnknownMixer", "available", "build", "hyper_names", "info",
+    "mixer_class", "register", "validate_hypers",
 ]

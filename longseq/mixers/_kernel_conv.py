@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from longseq.mixers.base import Mixer, Pattern
+from longseq.mixers.base import SELF_PATTERNS, Mixer
 from longseq.modules.param_cache import ParamCache
 from longseq.ops.fft_conv import fft_conv, fft_conv_bidirectional, fold_lag0
 from longseq.ops.history_conv import conv_continue, push_history
@@ -40,11 +40,9 @@ def glu_output(d_model: int) -> nn.Module:
 class KernelConvMixer(Mixer):
     """Base of the kernel-convolution layers; a subclass calls ``super().__init__`` then ``self.build_layer``."""
 
+    patterns = SELF_PATTERNS
     lag0_in_both: ClassVar[bool] = False
 
-    @classmethod
-    def supported_patterns(cls, **hyper: object) -> frozenset[Pattern]:
-        return frozenset({Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF})
 
     def build_layer(self, make_kernel: Callable[[], nn.Module], *, output: nn.Module | None = None) -> None:
         """One kernel module per direction, the skip D ~ N(0, 1) and the output layer."""

@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from longseq.mixers.base import Mixer, Pattern
+from longseq.mixers.base import SELF_PATTERNS, Mixer
 from longseq.modules import ShortConvState
 from longseq.modules.bidirectional import two_way
 from longseq.state import State
@@ -65,9 +65,7 @@ def run_segmented(advance: Callable[[Tensor, Tensor | None, S], tuple[Tensor, S]
 class PassMixer(Mixer):
     """Base of the pass mixers; a subclass calls ``super().__init__`` and then ``self.build_passes(make_pass)``."""
 
-    @classmethod
-    def supported_patterns(cls, **hyper: object) -> frozenset[Pattern]:
-        return frozenset({Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF})
+    patterns = SELF_PATTERNS
 
     def build_passes(self, make_pass: Callable[[], nn.Module]) -> None:
         self.passes = nn.ModuleList(make_pass() for _ in range(1 if self.pattern.is_causal else 2))

@@ -14,15 +14,15 @@ import typing
 from typing import Annotated
 
 import torch
-from einops import rearrange
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from longseq.cache import FullCache
-from longseq.mixers.base import InvalidHyper, Mixer, Pattern, SequenceTooLong
+from longseq.mixers._heads import HeadsMixer
+from longseq.mixers.base import InvalidHyper, Pattern, SequenceTooLong
 from longseq.mixers.registry import register
 from longseq.ops.attention import AttentionImpl, softmax_attention
-from longseq.ops.rotary import apply_rotary, rotary_cos_sin
+from longseq.ops.rotary import apply_rotary, rotary_cos_sin, token_positions
 from longseq.state import State
 
 
@@ -45,18 +45,8 @@ class CrossAttentionState(State):
     length: int = 0
 
 
-def token_positions(mask: Tensor | None, batch: int, length: int, device: torch.device,
-                    start: Tensor | None = None) -> Tensor:
-    """(B, L) position of each token = number of valid tokens before it (plus ``start``: (B,))."""
-    if mask is None:
-        pos = torch.arange(length, device=device).expand(batch, length)
-    else:
-        pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    return pos if start is None else pos + start[:, None]
-
-
 @register("attention")
-class Attention(Mixer):
+class Attention(HeadsMixer):
     complexity = "O(L^2 d)"
     state_formula = "2·L·d (K and V of every token); cross: 2·S·d (the projected memory)"
     test_hypers = ({"n_heads": 2, "impl": "sdpa"}, {"n_heads": 2, "impl": "math"})
@@ -77,25 +67,15 @@ class Attention(Mixer):
         """n_heads: default d_model // 64 (head size 64), at least 1. impl: "sdpa" (PyTorch's fused kernel) or
         "math" (materializes the L x L score matrix). rope: rotary positions in self patterns."""
         super().__init__(d_model, pattern=pattern, max_len=max_len)
-        n_heads = max(1, d_model // 64) if n_heads is None else n_heads
-        if d_model % n_heads:
-            raise InvalidHyper(f"mixer 'attention': d_model={d_model} is not divisible by n_heads={n_heads}")
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.build_heads(n_heads, bias=bias)
         self.use_rope = rope and not self.pattern.is_cross
         if self.use_rope and self.head_dim % 2:
             raise InvalidHyper(f"mixer 'attention': RoPE needs an even head size, got d_model/n_heads={self.head_dim}")
         if impl not in typing.get_args(AttentionImpl):
             raise InvalidHyper(f"mixer 'attention': impl={impl!r} is not allowed; allowed: 'sdpa', 'math'")
         self.impl, self.rope_base, self.dropout = impl, rope_base, dropout
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     # -- pieces ---------------------------------------------------------------------------------------------------
-
-    def _heads(self, t: Tensor) -> Tensor:
-        return rearrange(t, "b l (h d) -> b h l d", h=self.n_heads)
 
     def _rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         if not self.use_rope:
@@ -107,22 +87,17 @@ class Attention(Mixer):
                 k_valid: Tensor | None) -> Tensor:
         o = softmax_attention(q, k, v, causal=causal, q_valid=q_valid, k_valid=k_valid, impl=self.impl,
                               dropout_p=self.dropout if self.training else 0.0)
-        y = self.out_proj(rearrange(o, "b h l d -> b l (h d)"))
-        # The output projection's bias would make padded positions non-zero; the contract says they are 0.
-        return y if q_valid is None else y.masked_fill(~q_valid[..., None], 0.0)
-
-    def _memory(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+        return self.finish(o, q_valid)
 
     # -- parallel ---------------------------------------------------------------------------------------------
 
     def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
                  mask: Tensor | None) -> Tensor:
-        q = self._heads(self.q_proj(x))
+        q = self.queries(x)
         if self.pattern.is_cross:
-            k, v = self._memory(context)
+            k, v = self.keys_values(context)
             return self._attend(q, k, v, causal=False, q_valid=mask, k_valid=context_mask)
-        k, v = self._memory(x)
+        k, v = self.keys_values(x)
         q, k = self._rotate(q, k, token_positions(mask, x.shape[0], x.shape[1], x.device))
         return self._attend(q, k, v, causal=self.pattern.is_causal, q_valid=mask, k_valid=mask)
 
@@ -131,7 +106,7 @@ class Attention(Mixer):
     def _init_state(self, batch_size: int, *, context: Tensor | None, context_mask: Tensor | None,
                     max_len: int | None) -> State:
         if self.pattern.is_cross:
-            k, v = self._memory(context)
+            k, v = self.keys_values(context)
             # The mask is copied: the caller may reuse its tensor once init_state returns.
             valid = None if context_mask is None else context_mask.clone()
             return CrossAttentionState(k=k, v=v, valid=valid)
@@ -141,7 +116,7 @@ class Attention(Mixer):
         return SelfAttentionState(cache=cache, seen=torch.zeros(batch_size, dtype=torch.long, device=device))
 
     def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
-        q = self._heads(self.q_proj(x))
+        q = self.queries(x)
         if isinstance(state, CrossAttentionState):
             self._check_length(state.length + x.shape[1])
             state.length += x.shape[1]
@@ -152,7 +127,7 @@ class Attention(Mixer):
         limit = cache.max_len if cache.max_len is not None else self.max_len
         if limit is not None and cache.length + x.shape[1] > limit:
             raise SequenceTooLong(self.name, cache.length + x.shape[1], limit)
-        k, v = self._memory(x)
+        k, v = self.keys_values(x)
         q, k = self._rotate(q, k, token_positions(mask, x.shape[0], x.shape[1], x.device, start=state.seen))
         cache.append(k, v, valid=mask)
         y = self._attend(q, cache.keys(), cache.values(), causal=True, q_valid=mask,

@@ -50,6 +50,7 @@ class Pattern(StrEnum):
 
 
 ALL_PATTERNS: frozenset[Pattern] = frozenset(Pattern)
+SELF_PATTERNS: frozenset[Pattern] = frozenset({Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF})
 
 
 class Mode(StrEnum):
@@ -110,6 +111,8 @@ class Mixer(nn.Module):
 
     Class attributes a mixer declares:
         name: set by ``@register``.
+        patterns: the patterns the mixer's math supports, when they do not depend on its hypers (else it overrides
+            ``supported_patterns``).
         complexity: time complexity of the parallel form, e.g. "O(L^2 d)".
         state_formula: the streaming state size in words, e.g. "2·L·d (K and V)".
         test_hypers: small settings for the contract suite; each window/chunk/landmark count below L/2.
@@ -125,6 +128,7 @@ class Mixer(nn.Module):
     """
 
     name: ClassVar[str] = "mixer"
+    patterns: ClassVar[frozenset[Pattern]] = ALL_PATTERNS
     complexity: ClassVar[str] = ""
     state_formula: ClassVar[str] = ""
     test_hypers: ClassVar[tuple[dict[str, Any], ...]] = ({},)
@@ -137,7 +141,7 @@ class Mixer(nn.Module):
 
     @classmethod
     def supported_patterns(cls, **hyper: Any) -> frozenset[Pattern]:
-        return ALL_PATTERNS
+        return cls.patterns
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from longseq.mixers.base import InvalidHyper, Mixer, Pattern, PositiveFloat, PositiveInt
+from longseq.mixers.base import SELF_PATTERNS, InvalidHyper, Mixer, Pattern, PositiveFloat, PositiveInt
 from longseq.mixers.registry import register
 from longseq.modules import ShortConv, ShortConvState
 from longseq.modules.implicit_filter import ImplicitFilter
@@ -59,13 +59,11 @@ class HyenaState(State):
 
 @register("hyena")
 class Hyena(Mixer):
+    patterns = SELF_PATTERNS
     complexity = "O(order · L log L · d) parallel (FFT), O(order · max_len · d) per token"
     state_formula = "(order-1)·d·min(L, max_len-1) past inputs + (order+1)·d·(short_filter_order-1)"
     test_hypers = ({"filter_order": 8}, {"order": 3, "filter_order": 8, "emb_dim": 5, "modulation_shift": 0.05})
 
-    @classmethod
-    def supported_patterns(cls, **hyper: object) -> frozenset[Pattern]:
-        return frozenset({Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF})
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from longseq.mixers._passes import run_segmented
-from longseq.mixers.base import InvalidHyper, Mixer, Pattern, PositiveInt
+from longseq.mixers.base import SELF_PATTERNS, InvalidHyper, Mixer, Pattern, PositiveInt
 from longseq.mixers.registry import register
 from longseq.modules.tcn import DilatedTCN, DilatedTCNState
 from longseq.state import State
@@ -39,14 +39,12 @@ class TCNState(State):
 
 @register("tcn")
 class TCN(Mixer):
+    patterns = SELF_PATTERNS
     complexity = "O(L · n_layers · kernel_size · d + L d²)"
     state_formula = "d·(R-1), R = 1 + (kernel_size-1)·(f^n_layers - 1)/(f - 1) the receptive field"
     # Receptive fields 15, 13 and 9 tokens: below L/2 = 16, so no output sees the whole test sequence.
     test_hypers = ({"n_layers": 3}, {"kernel_size": 5, "n_layers": 2}, {"dilation_base": 3, "n_layers": 2})
 
-    @classmethod
-    def supported_patterns(cls, **hyper: object) -> frozenset[Pattern]:
-        return frozenset({Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF})
 
     def __init__(
         self,

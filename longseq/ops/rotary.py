@@ -38,3 +38,13 @@ def apply_rotary_ref(x: Tensor, positions: Tensor, *, base: float = 10000.0) -> 
             z = z * torch.exp(1j * float(positions[b, t]) * theta)
             out[b, :, t, : d // 2], out[b, :, t, d // 2:] = z.real, z.imag
     return out.to(x.dtype)
+
+
+def token_positions(mask: Tensor | None, batch: int, length: int, device: torch.device,
+                    start: Tensor | None = None) -> Tensor:
+    """(B, L) position of each token = number of valid tokens before it (plus ``start``: (B,))."""
+    if mask is None:
+        pos = torch.arange(length, device=device).expand(batch, length)
+    else:
+        pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    return pos if start is None else pos + start[:, None]
