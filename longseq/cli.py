@@ -67,11 +67,26 @@ def int_list(text: str, what: str) -> list[int]:
 
 @app.command("list")
 @cli_errors
-def list_cmd() -> None:
+def list_cmd(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the built-in mixers as the README's markdown "
+                                           "table instead.")] = False,
+    update: Annotated[Path | None, typer.Option(help="With --markdown: write the table between the "
+                                                "<!-- mixers-table:start/end --> markers of this file.")] = None,
+) -> None:
     """List the registered mixers (patterns, modes, impls, complexity, state size) and the tasks."""
     from longseq.mixers import available
     from longseq.tasks import available_tasks
 
+    if update is not None and not markdown:
+        raise ValueError("--update writes the markdown table: give --markdown too")
+    if markdown:
+        from longseq.bench.report import builtin_mixers, mixers_table_markdown, update_mixers_table
+
+        if update is None:
+            typer.echo(mixers_table_markdown(builtin_mixers()))
+        else:
+            typer.echo(f"updated {update}" if update_mixers_table(update) else f"{update} is up to date")
+        return
     table = Table(title="mixers")
     for col in ("name", "patterns", "modes", "impls", "complexity", "state size"):
         table.add_column(col)
@@ -229,7 +244,8 @@ def bench_speed(
         "attention,attention[impl=math]"),
     patterns: Annotated[str, typer.Option(help="Patterns, comma-separated.")] = "causal_self",
     lengths: Annotated[str, typer.Option(help="Sequence lengths (decode: context lengths).")] = "1024,2048,4096,8192",
-    modes: Annotated[str, typer.Option(help="fwd, fwdbwd, prefill, decode.")] = "fwd,fwdbwd,prefill,decode",
+    modes: Annotated[str, typer.Option(help="fwd, fwdbwd, fwd_train (training-mode forward, no backward: what CAB "
+                                            "timed), prefill, decode.")] = "fwd,fwdbwd,prefill,decode",
     d_model: Annotated[int, typer.Option(help="Model width.")] = 256,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16, float64.")] = "float32",
@@ -245,9 +261,16 @@ def bench_speed(
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the rows as CSV.")] = None,
     store: Annotated[Path | None, typer.Option(help="Results database.")] = None,
 ) -> None:
-    """Time forward, forward+backward, prefill and per-token decode, and peak memory, per mixer x pattern x length,
-    each point in a child process; print medians, scaling exponents and efficiency lengths against attention."""
-    from longseq.bench.fit import efficiency_table, scaling_table
+    """Time forward, forward+backward, training-mode forward, prefill and per-token decode, and peak memory, per
+    mixer x pattern x length, each point in a child process; print medians, scaling exponents and efficiency lengths
+    against attention, ours and CAB's own computation (only attention[impl=math] is CAB's vanilla baseline)."""
+    from longseq.bench.fit import (
+        CAB_BASELINE_NOTE,
+        CAB_METHOD_NOTE,
+        efficiency_table,
+        format_cab_length,
+        scaling_table,
+    )
     from longseq.bench.memory import parse_size
     from longseq.bench.speed import run_speed_bench, write_rows_csv, write_rows_json
     from longseq.results import default_store_path
@@ -274,13 +297,16 @@ def bench_speed(
     console.print(scaling)
     eff = efficiency_table(rows)
     if eff:
-        table = Table(title="efficiency length (CAB): L beyond which the mixer is cheaper than the baseline")
-        for col in ("label", "baseline", "mode", "metric", "length"):
+        table = Table(title="efficiency length: L beyond which the mixer is cheaper than the baseline (ours | CAB's)")
+        for col in ("label", "baseline", "mode", "metric", "ours", "CAB", "CAB note"):
             table.add_column(col)
         for r in eff:
             table.add_row(escape(r["label"]), escape(r["baseline"]), r["mode"], r["metric"],
-                          r["note"] or f"{r['length']:.0f}")
+                          escape(r["note"] or f"{r['length']:.0f}"), format_cab_length(r["cab_length"]),
+                          escape(r["cab_note"] or ""))
         console.print(table)
+        console.print("ours: each curve fitted over its own lengths, reported only inside the lengths measured. "
+                      f"{CAB_METHOD_NOTE}\n{CAB_BASELINE_NOTE}", markup=False, soft_wrap=True)
     if json_out:
         console.print(f"wrote {write_rows_json(rows, json_out)}")
     if csv_out:

@@ -338,7 +338,7 @@ def test_parse_grid_reads_yaml_scalars():
         (
             "dmodel=64",
             r"unknown grid key 'dmodel'; allowed: lr, a training field \(steps, .*\), a model field "
-            r"\(d_model, .*\), task.<param>, or <mixer>.<hyper> with a mixer among attention",
+            r"\(d_model, .*\), task.<param>, or <mixer>.<hyper> with a mixer among abc, attention",
         ),
         ("attention.nheads=2", "mixer 'attention' has no hyper 'nheads'; allowed: max_len, n_heads"),
         ("out_dir=x", "grid key 'out_dir' is set by the quality runner"),

@@ -5,14 +5,17 @@ points still run."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
+from torch import Tensor, nn
 
 import longseq.bench.memory as memory
 from longseq.bench.isolate import PointJob, import_extension, measure_point, median_and_iqr, time_calls
@@ -26,6 +29,7 @@ from longseq.bench.speed import (
     write_rows_csv,
     write_rows_json,
 )
+from longseq.mixers import Mixer, Pattern, register
 from longseq.mixers.registry import _REGISTRY
 from longseq.results.store import ResultsStore
 
@@ -43,6 +47,40 @@ def faulty():
     for name, module in list(sys.modules.items()):
         if getattr(module, "__file__", None) and Path(module.__file__).resolve() == FAULTY.resolve():
             del sys.modules[name]
+
+
+# The probe's activations: CHAIN tensors of PROBE_BYTES each, all saved for backward when autograd is on.
+PROBE_CHAIN, PROBE_BYTES = 8, 16 * MiB
+
+
+class ActivationProbe(Mixer):
+    """A chain of PROBE_CHAIN elementwise ops on a PROBE_BYTES-sized widening of x; records, per forward, whether
+    it ran in training mode and with autograd on."""
+
+    patterns = frozenset({Pattern.NONCAUSAL_SELF})
+    seen: ClassVar[list[tuple[bool, bool]]] = []
+
+    def __init__(self, d_model: int, *, pattern: Pattern | str = Pattern.NONCAUSAL_SELF,
+                 max_len: int | None = None) -> None:
+        super().__init__(d_model, pattern=pattern, max_len=max_len)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def _forward(self, x: Tensor, *, context: Tensor | None, context_mask: Tensor | None,
+                 mask: Tensor | None) -> Tensor:
+        ActivationProbe.seen.append((self.training, torch.is_grad_enabled()))
+        h = x.repeat(1, 1, PROBE_BYTES // (x.numel() * x.element_size()))
+        for _ in range(PROBE_CHAIN):
+            h = torch.tanh(h * self.scale)  # autograd keeps each h for backward; without it each dies once used
+        return h[..., : x.shape[-1]]
+
+
+@pytest.fixture
+def probe():
+    """Registers the activation probe in this process only, and unregisters it afterwards."""
+    register("speed_probe")(ActivationProbe)
+    ActivationProbe.seen.clear()
+    yield "speed_probe"
+    _REGISTRY.pop("speed_probe", None)
 
 
 def statuses(rows: list[dict], label: str) -> list[tuple[int, str]]:
@@ -80,7 +118,7 @@ def test_bad_mixer_specs_fail_clearly(spec, message):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(modes=["forward"]), "modes=.*allowed: a non-empty list of fwd, fwdbwd, prefill, decode"),
+        (dict(modes=["forward"]), "modes=.*allowed: a non-empty list of fwd, fwdbwd, fwd_train, prefill, decode"),
         (dict(lengths=[64, 0]), "lengths entry=0 must be a positive integer"),
         (dict(lengths=[]), "lengths=.*non-empty"),
         (dict(dtype="float8"), "dtype='float8'; allowed: float32"),
@@ -169,6 +207,22 @@ def test_measure_point_turns_an_exception_into_a_crashed_result(faulty):
     assert result["status"] == "crashed" and "deliberate failure at L=8" in result["error"]
 
 
+def test_fwd_train_is_a_training_forward_whose_memory_counts_what_autograd_saves(probe):
+    job = PointJob(mixer=probe, hypers={}, pattern="noncausal_self", mode="fwd", d_model=16, batch=1,
+                   dtype="float32", device="cpu", repeats=2, min_time=0.0)
+    fwd = measure_point(job, 256)
+    fwd_seen = set(ActivationProbe.seen)
+    ActivationProbe.seen.clear()
+    train = measure_point(dataclasses.replace(job, mode="fwd_train"), 256)
+    assert fwd["status"] == train["status"] == "ok", (fwd, train)
+    # fwd: eval() under no_grad; fwd_train: train() with autograd on (what CAB timed), and no backward.
+    assert fwd_seen == {(False, False)} and set(ActivationProbe.seen) == {(True, True)}
+    # The training forward holds every link of the chain until it returns; no_grad frees each once the next exists
+    # (its peak is a few links, plus what the allocator keeps after a free).
+    assert train["peak_mem_bytes"] >= PROBE_CHAIN * PROBE_BYTES, train["peak_mem_bytes"] / MiB
+    assert train["peak_mem_bytes"] - fwd["peak_mem_bytes"] >= PROBE_CHAIN // 2 * PROBE_BYTES, (fwd, train)
+
+
 # ----- real runs -----
 
 
@@ -198,8 +252,19 @@ def test_tiny_attention_run_records_ok_points(tmp_path):
 
 def test_modes_and_patterns_without_a_form_are_not_run():
     rows = run_speed_bench(["attention[n_heads=2]"], patterns=["noncausal_self"], lengths=[32],
-                           modes=["fwd", "prefill", "decode"], **TINY)
-    assert [(r["pattern"], r["mode"], r["status"]) for r in rows] == [("noncausal_self", "fwd", "ok")]
+                           modes=["fwd", "fwd_train", "prefill", "decode"], **TINY)
+    assert [(r["pattern"], r["mode"], r["status"]) for r in rows] == [
+        ("noncausal_self", "fwd", "ok"), ("noncausal_self", "fwd_train", "ok")]
+
+
+def test_fwd_train_points_are_recorded_like_the_other_modes(tmp_path):
+    rows = run_speed_bench(["attention[n_heads=2]"], lengths=[32, 64], modes=["fwd_train"],
+                           store=tmp_path / "results.db", **TINY)
+    assert [(r["mode"], r["seq_len"], r["status"]) for r in rows] == [("fwd_train", 32, "ok"), ("fwd_train", 64, "ok")]
+    assert all(r["median_s"] > 0 and r["peak_mem_bytes"] >= 0 and r["state_floats"] is None for r in rows)
+    with ResultsStore(tmp_path / "results.db") as store:
+        assert [(r["mode"], r["seq_len"]) for r in store.speed_points(mode="fwd_train")] == [
+            ("fwd_train", 32), ("fwd_train", 64)]
 
 
 def test_crashing_points_are_recorded_and_the_rest_go_on(faulty):

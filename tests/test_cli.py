@@ -129,9 +129,24 @@ def test_bench_speed_and_report_through_the_cli(tmp_path: Path):
     assert (out / "report.html").stat().st_size > 1000
 
 
+def test_bench_speed_prints_cabs_efficiency_lengths_beside_ours(tmp_path: Path):
+    r = run(["bench", "speed", "--mixers", "attention,attention[impl=math],tcn", "--lengths", "32,64,128", "--modes",
+             "fwd", "--d-model", "16", "--threads", "1", "--repeats", "1", "--min-time", "0.01", "--store",
+             str(tmp_path / "r.db")])
+    assert r.exit_code == 0, r.output
+    table = r.output[r.output.index("efficiency length: L beyond which"):]
+    header = next(line for line in table.splitlines() if "label" in line)
+    assert all(column in header for column in ("baseline", "ours", "CAB", "CAB note"))
+    # One row per (baseline, metric) for tcn, each with CAB's length or its reason.
+    assert sum(line.lstrip("│ ").startswith("tcn") for line in table.splitlines()) == 4
+    assert "Only attention[impl=math] is CAB's vanilla baseline" in r.output
+    assert "the mixer's time without the shortest length" in r.output
+
+
 def test_bench_speed_bad_input_is_one_line():
     for args, fragment in ((["--mixers", "atention"], "atention"), (["--lengths", "10,x"], "--lengths"),
-                           (["--max-memory", "lots"], "lots"), (["--modes", "sideways"], "sideways")):
+                           (["--max-memory", "lots"], "lots"),
+                           (["--modes", "sideways"], "allowed: a non-empty list of fwd, fwdbwd, fwd_train")):
         r = run(["bench", "speed", *args])
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
         assert fragment in r.output

@@ -25,7 +25,7 @@ def test_layer_pattern_tiles_to_depth():
 
 
 @pytest.mark.parametrize(("override", "field", "fragment"), [
-    ({"layers": "atention"}, "layers", "unknown mixer 'atention'; allowed: attention"),
+    ({"layers": "atention"}, "layers", "unknown mixer 'atention'; allowed: abc, attention"),
     ({"d_model": 18, "mixer_hypers": {"attention": {"n_heads": 4}}}, "", "d_model=18 is not divisible by n_heads=4"),
     ({"vocab_size": 0}, "vocab_size", "greater than 0"),
     ({"mixer_hypers": {"attention": {"n_head": 2}}}, "", "no hyper 'n_head'"),

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from longseq.bench.ranking import rank_runs
-from longseq.bench.report import ReportError, write_report
+from longseq.bench.report import MEMORY_MODES, TIME_MODES, Plot, ReportError, build_sections, write_report
 from longseq.results import ResultsStore
+from longseq.results.store import SPEED_MODES as STORED_MODES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,14 +34,22 @@ MIXERS = (
     ("hyena[order=2]", "hyena", 3e-6, 1.1, lambda n: 64 * n),
 )
 EFFICIENCY = [
-    {"label": "mamba", "baseline": "attention", "mode": "fwd", "metric": "time", "length": 1024.0, "note": None},
+    {"label": "mamba", "baseline": "attention", "mode": "fwd", "metric": "time", "length": 1024.0, "note": None,
+     "cab_length": 1877.26, "cab_extrapolated": False, "cab_note": None},
+    {"label": "mamba", "baseline": "attention", "mode": "fwd_train", "metric": "memory", "length": None,
+     "note": "< 256 (the fits cross at ~69.5)", "cab_length": 69.5066, "cab_extrapolated": True,
+     "cab_note": "extrapolated below 256"},
+    # Only ours: CAB's columns are optional.
     {"label": "hyena[order=2]", "baseline": "attention", "metric": "memory", "length": None, "note": "> 2048"},
 ]
+# fwd_train points go into the store once longseq/results/store.py accepts the mode; test_fwd_train_sections covers
+# the report's side meanwhile.
+MODES = tuple(m for m in ("fwd", "fwdbwd", "fwd_train", "prefill", "decode") if m in STORED_MODES)
 
 
 def fill_store(store: ResultsStore) -> None:
     for label, mixer, unit, power, state in MIXERS:
-        for mode in ("fwd", "fwdbwd", "prefill", "decode"):
+        for mode in MODES:
             for n in LENGTHS:
                 seconds = unit * n**power * (3.0 if mode == "fwdbwd" else 1.0) / (n if mode == "decode" else 1)
                 store.add_speed_point(
@@ -105,6 +114,10 @@ def fill_store(store: ResultsStore) -> None:
                 )
 
 
+# A figure per time and memory mode stored, + decode + state size + one recall-memory scatter per task.
+FIGURES = sum(m in MODES for m in TIME_MODES) + sum(m in MODES for m in MEMORY_MODES) + 1 + 1 + 2
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("report")
@@ -116,8 +129,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_every_image_is_an_embedded_png(report: tuple[Path, Path]) -> None:
     html = report[1].read_text()
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
-    # 3 time modes + 4 memory modes + decode + state size + one recall-memory scatter per task.
-    assert len(sources) == 3 + 4 + 1 + 1 + 2
+    assert len(sources) == FIGURES
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         png = base64.b64decode(source.removeprefix("data:image/png;base64,"), validate=True)
@@ -139,9 +151,13 @@ def test_html_escapes_text(report: tuple[Path, Path]) -> None:
 def test_markdown_has_the_tables_and_its_figures_exist(report: tuple[Path, Path]) -> None:
     md_path = report[0]
     md = md_path.read_text()
-    assert "| label | baseline | mode | metric | length | note |" in md
-    assert "| mamba | attention | fwd | time | 1,024 |  |" in md
-    assert "| hyena[order=2] | attention |  | memory | — | > 2048 |" in md
+    assert "| label | baseline | mode | metric | length | note | CAB length | CAB note |" in md
+    # CAB's length rounded as CAB publishes it; an extrapolated one shown with its note.
+    assert "| mamba | attention | fwd | time | 1,024 |  | 1,877 |  |" in md
+    assert ("| mamba | attention | fwd_train | memory | — | < 256 (the fits cross at ~69.5) | 70 | "
+            "extrapolated below 256 |") in md
+    assert "| hyena[order=2] | attention |  | memory | — | > 2048 | — |  |" in md
+    assert "Only attention[impl=math] is CAB's vanilla baseline" in md and "CAB: CAB's own computation" in md
     assert "| label | pattern | mode | seq_len | batch | status | error |" in md
     assert (
         "| attention | causal_self | fwdbwd | 65536 | 1 | oom | RuntimeError: out of memory <allocating 16 GiB> |" in md
@@ -153,7 +169,7 @@ def test_markdown_has_the_tables_and_its_figures_exist(report: tuple[Path, Path]
     assert "| ms | 256 | 512 | 1024 | 2048 |" in md
     assert "| Synthetic CPU |" in md and "| 0123456789ab | yes |" in md
     figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
-    assert len(figures) == 11
+    assert len(figures) == FIGURES
     for figure in figures:
         assert (md_path.parent / figure).read_bytes().startswith(PNG_SIGNATURE)
     assert "No data" not in md
@@ -176,6 +192,19 @@ def test_empty_store_reports_no_data_in_every_section(tmp_path: Path) -> None:
     ):
         assert expected in md
     assert "<img" not in html_path.read_text()
+    assert "fwd_train" not in md  # run only on request: no "No data" line for it
+
+
+def test_fwd_train_sections(tmp_path: Path) -> None:
+    point = {"label": "attention", "mixer": "attention", "pattern": "causal_self", "batch": 1, "d_model": 64,
+             "dtype": "float32", "device": "cpu", "status": "ok", "iqr_s": 0.0, "repeats": 1, "state_floats": None,
+             "error": None, "provenance": PROVENANCE}
+    points = [{**point, "mode": mode, "seq_len": n, "median_s": 1e-9 * n * n, "peak_mem_bytes": 4096 * n}
+              for mode in ("fwd", "fwd_train") for n in LENGTHS]
+    sections = build_sections(points, [], None)
+    assert [s.title for s in sections].count("Mode: fwd_train") == 2  # one under time, one under memory
+    plots = {block.name for s in sections for block in s.blocks if isinstance(block, Plot)}
+    assert {"time-fwd_train", "memory-fwd_train"} <= plots
 
 
 def test_unknown_bench_and_malformed_efficiency_rows_fail_clearly(tmp_path: Path) -> None:
@@ -185,6 +214,9 @@ def test_unknown_bench_and_malformed_efficiency_rows_fail_clearly(tmp_path: Path
         bad_metric = [{**EFFICIENCY[0], "metric": "latency"}]
         with pytest.raises(ReportError, match=r"metric='latency'; allowed: time, memory"):
             write_report(store, tmp_path / "out", efficiency_rows=bad_metric)
+        bad_cab = [{**EFFICIENCY[0], "cab_length": "1877"}]
+        with pytest.raises(ReportError, match=r"cab_length='1877'; allowed: a number or None"):
+            write_report(store, tmp_path / "out", efficiency_rows=bad_cab)
         with pytest.raises(ReportError, match=r"unknown keys \['len'\]"):
             write_report(
                 store,

@@ -335,3 +335,24 @@ def test_provenance_without_git_never_raises(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PATH", "")
     provenance = collect_provenance()
     assert provenance["git_commit"] is None and provenance["git_dirty"] is None
+
+
+def test_a_version_1_store_is_migrated_when_opened_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Version 1 refused speed mode "fwd_train" in a CHECK constraint; opening it rebuilds the table."""
+    path = tmp_path / "v1.db"
+    with ResultsStore(path) as store:
+        store.add_speed_point(speed_row())
+    conn = sqlite3.connect(path)
+    (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'speed'").fetchone()
+    conn.executescript(f"""
+        CREATE TABLE speed_v1 {ddl[ddl.index('('):].replace("'fwd_train', ", "")};
+        INSERT INTO speed_v1 SELECT * FROM speed; DROP TABLE speed; ALTER TABLE speed_v1 RENAME TO speed;
+        UPDATE meta SET value = '1' WHERE key = 'schema_version';""")
+    conn.close()
+    with ResultsStore(path) as store:
+        assert [p["mode"] for p in store.speed_points()] == ["fwd"]
+        store.add_speed_point(speed_row(mode="fwd_train", bench_id="bench-2"))
+        assert sorted(p["mode"] for p in store.speed_points()) == ["fwd", "fwd_train"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    conn.close()

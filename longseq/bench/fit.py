@@ -1,10 +1,20 @@
 """Fits over speed points: CAB's efficiency length, scaling exponents, and log-log extrapolation.
 
 Efficiency length (CAB, Zhang et al. 2023; specs/attn_hybrid.md §2.3): fit the baseline attention's cost as
-``a L^2 + b L + c`` and the efficient mixer's as ``d L + e`` (least squares, each over its own measured lengths);
-the efficiency length is the length ``L*`` from which the mixer is cheaper, the root of
-``f(L) = a L^2 + (b - d) L + (c - e)`` where ``f`` turns positive: ``L* = (-(b-d) + sqrt((b-d)^2 - 4a(c-e))) / 2a``.
-It is reported only inside the lengths both curves were measured at; outside, a note says on which side it lies.
+``a L^2 + b L + c`` and the efficient mixer's as ``d L + e`` by least squares; the efficiency length is the length
+``L*`` from which the mixer is cheaper, the root of ``f(L) = a L^2 + (b - d) L + (c - e)`` where ``f`` turns
+positive: ``L* = (-(b-d) + sqrt((b-d)^2 - 4a(c-e))) / 2a``.
+
+Ours (``efficiency_length``) fits each curve over its own measured lengths and reports the crossing only inside the
+lengths both curves were measured at; outside, a note says on which side it lies.
+
+CAB's own computation (``cab_efficiency_length``, after Shark-NLP/CAB scripts/efficiency_length/efficiency_length.py)
+differs in two ways: the mixer's *time* is fitted without the shortest length (the *memory* fit and the baseline's
+fits use every length), and the root is reported wherever it falls, so a crossing below or beyond the measured
+lengths is an extrapolation (CAB publishes ABC's memory efficiency length, 70, from lengths 256..8192).
+
+Only ``attention[impl=math]`` is CAB's vanilla baseline: it materialises softmax(QK^T) as CAB's did; ``attention``
+(fused SDPA, O(L) memory) is a stronger baseline than CAB's (``CAB_BASELINE_NOTE``).
 """
 
 from __future__ import annotations
@@ -18,6 +28,20 @@ import numpy as np
 
 EFFICIENCY_METRICS = ("time", "memory")
 _METRIC_COLUMN = {"time": "median_s", "memory": "peak_mem_bytes"}
+# CAB's fits need three lengths: the baseline's quadratic has three coefficients, and the line through the mixer's
+# time drops the shortest length and still needs two.
+CAB_MIN_POINTS = 3
+# Efficiency lengths this long come only from extrapolating (a rounding-noise L^2 term): digits would mislead.
+_SCIENTIFIC_FROM = 1e6
+CAB_BASELINE_NOTE = (
+    "Only attention[impl=math] is CAB's vanilla baseline (it materialises softmax(QK^T), as CAB's did); attention "
+    "(fused SDPA, O(L) memory) is a stronger baseline than CAB's, so lengths against it are longer or absent."
+)
+CAB_METHOD_NOTE = (
+    "CAB: CAB's own computation (scripts/efficiency_length/efficiency_length.py): baseline a L^2 + b L + c and "
+    "mixer d L + e by least squares over the lengths both were measured at, the mixer's time without the shortest "
+    "length; the crossing is reported even outside those lengths, marked extrapolated."
+)
 SCALING_MIN_POINTS = 4
 # A fitted L^2 term contributing less than this fraction of the baseline's cost at the longest length is zero.
 _NEGLIGIBLE = 1e-9
@@ -29,10 +53,12 @@ class FitError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Crossing:
-    """An efficiency length: ``length`` inside the measured range, else None and a ``note`` saying why."""
+    """An efficiency length in tokens, or None and a ``note`` saying why; ``extrapolated`` when ``length`` lies
+    outside the lengths measured (only CAB's computation reports such a length)."""
 
     length: float | None
     note: str | None = None
+    extrapolated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +149,61 @@ def efficiency_length(
     return Crossing(None, f"> {_format_length(hi)}{beyond}")
 
 
+def cab_efficiency_length(
+    lengths: Sequence[float],
+    baseline_values: Sequence[float],
+    model_values: Sequence[float],
+    metric: str,
+) -> Crossing:
+    """CAB's efficiency length of a model against its quadratic baseline, computed exactly as CAB's script does.
+
+    lengths: the sequence lengths both were measured at, in tokens; baseline_values, model_values: their costs at
+    those lengths, in any one unit for both (a common scale cancels in the root: CAB's ms and MB give the same
+    length as seconds and bytes). metric: "time" or "memory".
+
+    The baseline is fitted as ``a L^2 + b L + c`` over every length, the model as ``d L + e`` over every length for
+    memory and over all but the shortest for time (CAB's rule), both by least squares; the result is
+    ``(-(b-d) + sqrt((b-d)^2 - 4a(c-e))) / 2a`` (numpy's least squares, as CAB's sklearn fit: the same solution).
+    It is reported even outside the measured lengths, with ``extrapolated=True`` and a note ("extrapolated below
+    256"); a negative discriminant, a zero ``a`` or a root that is not positive give ``length=None`` and a note.
+    CAB rounds the result to an integer when it publishes it.
+    """
+    if metric not in EFFICIENCY_METRICS:
+        raise FitError(f"metric={metric!r}; allowed: {', '.join(EFFICIENCY_METRICS)}")
+    x, base = _as_arrays(lengths, baseline_values, "cab_efficiency_length baseline")
+    _, model = _as_arrays(lengths, model_values, "cab_efficiency_length model")
+    if np.unique(x).size != x.size:
+        raise FitError(f"cab_efficiency_length: lengths {x.tolist()} repeat a length; give one cost per length")
+    if x.size < CAB_MIN_POINTS:
+        return Crossing(None, f"too few points (CAB's fits need {CAB_MIN_POINTS} lengths, got {x.size})")
+    order = np.argsort(x)
+    x, base, model = x[order], base[order], model[order]
+    a, b, c = np.polyfit(x, base, 2)
+    fitted = slice(1, None) if metric == "time" else slice(None)  # CAB drops the shortest length from time fits
+    d, e = np.polyfit(x[fitted], model[fitted], 1)
+    if a == 0.0:
+        return Crossing(None, "the baseline's fit has no L^2 term (a = 0): CAB's root divides by 2a")
+    root = _upward_root(float(a), float(b - d), float(c - e))
+    if root is None:
+        return Crossing(None, "the fits do not cross: (b-d)^2 - 4a(c-e) < 0")
+    if root <= 0:
+        return Crossing(None, f"the fits cross at L = {root:.4g}, not a positive length")
+    lo, hi = float(x[0]), float(x[-1])
+    if root < lo:
+        return Crossing(root, f"extrapolated below {_format_length(lo)}", extrapolated=True)
+    if root > hi:
+        return Crossing(root, f"extrapolated beyond {_format_length(hi)}", extrapolated=True)
+    return Crossing(root)
+
+
+def format_cab_length(length: float | None) -> str:
+    """An efficiency length in tokens as CAB publishes one, rounded to an integer ("1,877"); past a million tokens,
+    which only an extrapolation gives, in scientific notation; "-" for None."""
+    if length is None:
+        return "-"
+    return f"{round(length):,}" if abs(length) < _SCIENTIFIC_FROM else f"{length:.3g}"
+
+
 def _upward_root(a: float, b: float, c: float) -> float | None:
     """The root of ``a L^2 + b L + c`` where the polynomial goes from negative to positive, or None."""
     if a == 0.0:
@@ -169,13 +250,23 @@ def _curve(points: dict[int, dict], metric: str) -> tuple[list[int], list[float]
     return [length for length, _ in pairs], [float(value) for _, value in pairs]
 
 
+def _common_lengths(baseline_curve: tuple[list[int], list[float]],
+                    mixer_curve: tuple[list[int], list[float]]) -> tuple[list[int], list[float], list[float]]:
+    """The lengths both curves were measured at, with both costs there: CAB measures both at the same lengths."""
+    baseline, mixer = dict(zip(*baseline_curve, strict=True)), dict(zip(*mixer_curve, strict=True))
+    lengths = sorted(set(baseline) & set(mixer))
+    return lengths, [baseline[n] for n in lengths], [mixer[n] for n in lengths]
+
+
 def efficiency_table(rows: Iterable[dict], *, pattern: str | None = None) -> list[dict]:
-    """Efficiency lengths of every non-attention label against each attention baseline in the rows.
+    """Efficiency lengths of every non-attention label against each attention baseline in the rows, ours and CAB's.
 
     Baselines: ``attention`` (SDPA) and ``attention[impl=math]`` (CAB's materialized form), recognised by mixer and
     hypers. One entry per (label, baseline, metric, mode) where both were measured, as dicts with keys label,
-    baseline, metric ("time" | "memory"), mode, length (float | None) and note. ``pattern`` keeps one pattern;
-    without it, rows of several patterns get the pattern appended to the label, e.g. ``"mamba (causal_self)"``.
+    baseline, metric ("time" | "memory"), mode, length (float | None) and note from ``efficiency_length``, and
+    cab_length (float | None), cab_extrapolated (bool) and cab_note from ``cab_efficiency_length`` over the lengths
+    both were measured at. ``pattern`` keeps one pattern; without it, rows of several patterns get the pattern
+    appended to the label, e.g. ``"mamba (causal_self)"``.
     """
     rows = [row for row in rows if pattern is None or row.get("pattern") == pattern]
     points = _ok_points(rows)
@@ -200,14 +291,18 @@ def efficiency_table(rows: Iterable[dict], *, pattern: str | None = None) -> lis
                 baseline_curve = _curve(points[(baseline, pat, mode)], metric)
                 if not mixer_curve[0] or not baseline_curve[0]:
                     continue
-                crossing = efficiency_length(*baseline_curve, *mixer_curve)
+                ours = efficiency_length(*baseline_curve, *mixer_curve)
+                cab = cab_efficiency_length(*_common_lengths(baseline_curve, mixer_curve), metric)
                 table.append({
                     "label": f"{label} ({pat})" if several_patterns else label,
                     "baseline": baseline,
                     "metric": metric,
                     "mode": mode,
-                    "length": crossing.length,
-                    "note": crossing.note,
+                    "length": ours.length,
+                    "note": ours.note,
+                    "cab_length": cab.length,
+                    "cab_extrapolated": cab.extrapolated,
+                    "cab_note": cab.note,
                 })
     return table
 

@@ -11,11 +11,16 @@ What is measured (``measure_point``), after one or more warm-up calls, with repe
 a minimum time are reached; ``median_s`` and ``iqr_s`` over the repeats; ``peak_mem_bytes`` over the timed region:
 - ``fwd``: ``forward`` under ``torch.no_grad``, ``tokens_per_s = batch * L / median``.
 - ``fwdbwd``: ``forward`` then ``backward`` of a fixed random cotangent w.r.t. the parameters and the inputs.
+- ``fwd_train``: ``forward`` in ``train()`` mode with gradients on and no backward — what CAB timed for its
+  efficiency lengths (its efficiency_test.py calls the module, left in training mode, with autograd on). The output,
+  and with it the graph of what autograd saved for backward, lives until the forward has returned, so
+  ``peak_mem_bytes`` counts those saved activations; the inputs do not require gradients (CAB's did not).
 - ``prefill``: ``init_state`` then ``forward_stream`` of the whole length, from an empty state.
 - ``decode``: the per-token latency of ``step`` after a context of length L was prefilled with ``forward_stream``;
   ``tokens_per_s = batch / median``; ``state_floats`` = ``state.num_floats()`` after the context; the memory region
   covers init_state, the prefill and the steps.
-Cross patterns use a memory ``context`` of the same length L. Modules are always in ``eval()`` mode.
+Cross patterns use a memory ``context`` of the same length L. Modules are in ``eval()`` mode except in
+``fwd_train``.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class PointJob:
     mixer: str
     hypers: dict[str, Any]
     pattern: str
-    mode: Literal["fwd", "fwdbwd", "prefill", "decode"]
+    mode: Literal["fwd", "fwdbwd", "fwd_train", "prefill", "decode"]
     d_model: int
     batch: int
     dtype: str
@@ -203,13 +208,22 @@ def _measure(job: PointJob, seq_len: int) -> dict[str, Any]:
 
 def _point_function(job: PointJob, mixer: Any, x: torch.Tensor, context: torch.Tensor | None,
                     state_floats: list[int | None]) -> Callable[[], None]:
-    """The computation timed for modes fwd, fwdbwd and prefill; prefill writes the size of its final state into
-    ``state_floats[0]``."""
+    """The computation timed for modes fwd, fwdbwd, fwd_train and prefill; prefill writes the size of its final
+    state into ``state_floats[0]``."""
     if job.mode == "fwd":
         def forward() -> None:
             with torch.no_grad():
                 mixer(x, context=context)
         return forward
+    if job.mode == "fwd_train":
+        mixer.train()  # training-mode randomness (dropout, feature redraws) is part of what CAB timed
+
+        def forward_train() -> None:
+            with torch.enable_grad():
+                # The output holds the graph, and every tensor autograd saved for backward, until the forward has
+                # finished: the peak counts them, where fwd frees each activation once used.
+                mixer(x, context=context)
+        return forward_train
     if job.mode == "prefill":
         def prefill() -> None:
             with torch.no_grad():
@@ -226,7 +240,7 @@ def _point_function(job: PointJob, mixer: Any, x: torch.Tensor, context: torch.T
                 t.grad = None
             mixer(x, context=context).backward(cotangent)
         return forward_backward
-    raise ValueError(f"mode={job.mode!r}; allowed: fwd, fwdbwd, prefill, decode")
+    raise ValueError(f"mode={job.mode!r}; allowed: fwd, fwdbwd, fwd_train, prefill, decode")
 
 
 def _measure_decode(job: PointJob, mixer: Any, x: torch.Tensor, context: torch.Tensor | None, max_len: int,

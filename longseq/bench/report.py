@@ -1,10 +1,16 @@
-"""The benchmark report: ``report.md`` (figures beside it as PNG files) and a self-contained ``report.html``.
+"""The benchmark report: ``report.md`` (figures beside it as PNG files) and a self-contained ``report.html``; and
+the README's generated mixers table.
 
 Every section appears when the store has data for it and otherwise says so in one line. The HTML embeds its
 figures as ``data:`` URIs and its style inline, so it opens anywhere, offline, as a single file.
 
 Quality runs are ranked by ``longseq.bench.ranking.rank_runs``: the best run over learning rates of each cell,
 by the run's primary metric.
+
+The README's table of mixers (name, description, patterns, modes, impls, complexity, state size) is generated from
+the registry (``mixers_table_markdown``) and written between two HTML comments (``update_mixers_table``, i.e.
+``longseq list --markdown --update README.md``); ``tests/test_readme_tables.py`` fails when the README's copy is
+stale.
 """
 
 from __future__ import annotations
@@ -13,24 +19,40 @@ import base64
 import html
 import io
 import re
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The object-oriented Figure with an explicit Agg canvas renders headless without pyplot, so importing this
 # module never switches the global matplotlib backend of the caller's process.
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from longseq.bench.fit import CAB_BASELINE_NOTE, CAB_METHOD_NOTE, format_cab_length
 from longseq.bench.ranking import primary_metric, rank_runs
 from longseq.results.provenance import utc_now_iso
 from longseq.results.store import ResultsStore
 
-TIME_MODES = ("fwd", "fwdbwd", "prefill")
-MEMORY_MODES = ("fwd", "fwdbwd", "prefill", "decode")
+if TYPE_CHECKING:
+    from longseq.mixers import MixerInfo
+
+TIME_MODES = ("fwd", "fwdbwd", "fwd_train", "prefill")
+MEMORY_MODES = ("fwd", "fwdbwd", "fwd_train", "prefill", "decode")
+# Modes the speed bench runs only on request: a report without them does not say "No data" for them.
+_ON_REQUEST_MODES = ("fwd_train",)
 EFFICIENCY_METRICS = ("time", "memory")
-EFFICIENCY_KEYS = ("label", "baseline", "mode", "metric", "length", "note")
+EFFICIENCY_KEYS = ("label", "baseline", "mode", "metric", "length", "note", "cab_length", "cab_extrapolated",
+                   "cab_note")
+# Keys an efficiency row may leave out: a caller with only our efficiency lengths still gets its table.
+_OPTIONAL_EFFICIENCY_KEYS = ("mode", "note", "cab_length", "cab_extrapolated", "cab_note")
+MIXERS_TABLE_START = "<!-- mixers-table:start -->"
+MIXERS_TABLE_END = "<!-- mixers-table:end -->"
+MIXERS_TABLE_COMMAND = "longseq list --markdown --update README.md"
+# Words whose full stop does not end a mixer's description sentence.
+_ABBREVIATIONS = (" al.", "e.g.", "i.e.", " cf.", " vs.")
 # Point attributes that, when they vary among the points of one plot, become part of each line's name.
 _SERIES_DIMENSIONS = ("pattern", "dtype", "device", "batch", "d_model")
 _ERROR_CHARS = 160
@@ -179,6 +201,8 @@ def _time_sections(ok_points: list[dict]) -> list[Section]:
         if series:
             png = _line_plot(series, title=f"{mode}: median time vs length", xlabel="sequence length", ylabel="s")
             section.blocks += [Plot(f"time-{mode}", f"{mode} time vs length", png), _pivot(series, _ms, "ms")]
+        elif mode in _ON_REQUEST_MODES:
+            continue
         else:
             section.blocks.append(f"No data for mode {mode}.")
         sections.append(section)
@@ -230,14 +254,22 @@ def _efficiency_section(rows: list[dict] | None) -> Section:
     if not rows:
         section.blocks.append("No data: no efficiency lengths were computed.")
         return section
-    section.blocks.append("Shortest length from which a mixer beats its baseline (time or memory).")
+    section.blocks += [
+        "Shortest length from which a mixer beats its baseline (time or memory). length: ours, each curve fitted "
+        "over its own lengths, reported only inside the lengths measured.",
+        CAB_METHOD_NOTE,
+        CAB_BASELINE_NOTE,
+    ]
     table_rows = []
     for row in rows:
         length = row["length"]
         shown = _NONE if length is None else (f"{int(length):,}" if float(length).is_integer() else f"{length:.4g}")
+        cab_length = row.get("cab_length")
         table_rows.append([row["label"], row["baseline"], row.get("mode") or "", row["metric"], shown,
-                           row.get("note") or ""])
-    section.blocks.append(Table(["label", "baseline", "mode", "metric", "length", "note"], table_rows))
+                           row.get("note") or "", _NONE if cab_length is None else format_cab_length(cab_length),
+                           row.get("cab_note") or ""])
+    section.blocks.append(Table(["label", "baseline", "mode", "metric", "length", "note", "CAB length", "CAB note"],
+                                table_rows))
     return section
 
 
@@ -344,15 +376,18 @@ def _markdown_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+def _markdown_table(table: Table) -> list[str]:
+    out = ["| " + " | ".join(_markdown_cell(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
+    return out + ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in table.rows]
+
+
 def _render_markdown(title: str, intro: list[str], sections: list[Section]) -> str:
     out = [f"# {title}", "", *intro, ""]
     for section in sections:
         out += ["#" * section.level + " " + section.title, ""]
         for block in section.blocks:
             if isinstance(block, Table):
-                out.append("| " + " | ".join(_markdown_cell(h) for h in block.headers) + " |")
-                out.append("|" + "---|" * len(block.headers))
-                out += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in block.rows]
+                out += _markdown_table(block)
             elif isinstance(block, Plot):
                 out.append(f"![{block.caption}](figures/{block.name}.png)")
             else:
@@ -408,20 +443,21 @@ def _check_efficiency_rows(rows: list[dict] | None) -> None:
     for index, row in enumerate(rows or []):
         if not isinstance(row, dict):
             raise ReportError(f"efficiency_rows[{index}] must be a dict, got {type(row).__name__}")
-        missing = [k for k in EFFICIENCY_KEYS if k not in row and k not in ("note", "mode")]
+        missing = [k for k in EFFICIENCY_KEYS if k not in row and k not in _OPTIONAL_EFFICIENCY_KEYS]
         unknown = sorted(set(row) - set(EFFICIENCY_KEYS))
         if missing or unknown:
             raise ReportError(
                 f"efficiency_rows[{index}]: missing keys {missing}, unknown keys {unknown}; "
-                f"allowed: {', '.join(EFFICIENCY_KEYS)} (mode and note optional)"
+                f"allowed: {', '.join(EFFICIENCY_KEYS)} ({', '.join(_OPTIONAL_EFFICIENCY_KEYS)} optional)"
             )
         if row["metric"] not in EFFICIENCY_METRICS:
             raise ReportError(
                 f"efficiency_rows[{index}] metric={row['metric']!r}; allowed: {', '.join(EFFICIENCY_METRICS)}"
             )
-        length = row["length"]
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int | float)):
-            raise ReportError(f"efficiency_rows[{index}] length={length!r}; allowed: a number or None")
+        for key in ("length", "cab_length"):
+            length = row.get(key)
+            if length is not None and (isinstance(length, bool) or not isinstance(length, int | float)):
+                raise ReportError(f"efficiency_rows[{index}] {key}={length!r}; allowed: a number or None")
 
 
 def build_sections(points: list[dict], runs: list[dict], efficiency_rows: list[dict] | None) -> list[Section]:
@@ -452,7 +488,8 @@ def write_report(
 
     Speed sections show the points of ``bench_id`` (default: the latest bench in the store); quality
     sections show every run. ``efficiency_rows`` are dicts with keys label, baseline, metric ("time" or
-    "memory"), length (number or None) and note (e.g. "> 16384").
+    "memory"), length (number or None), and optionally mode, note (e.g. "> 16384") and CAB's computation:
+    cab_length (number or None), cab_extrapolated and cab_note, as ``longseq.bench.fit.efficiency_table`` gives.
     """
     _check_efficiency_rows(efficiency_rows)
     chosen = bench_id if bench_id is not None else store.latest_bench_id()
@@ -482,3 +519,114 @@ def write_report(
     md_path.write_text(_render_markdown(title, intro, sections), encoding="utf-8")
     html_path.write_text(_render_html(title, intro, sections), encoding="utf-8")
     return md_path, html_path
+
+
+# ----- the README's mixers table -----
+
+
+class ReadmeTableError(ValueError):
+    """A file whose generated-table markers are missing, repeated or out of order."""
+
+
+def builtin_mixers() -> list[MixerInfo]:
+    """The registered mixers that longseq itself defines, sorted by name: a mixer a test or a plugin registers in
+    this process is not part of the README."""
+    from longseq.mixers import available
+
+    return [info for info in available() if info.cls.__module__.startswith("longseq.")]
+
+
+def _first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, its lines joined: up to the first full stop that ends
+    a word outside brackets and is not an abbreviation's ("et al.", "e.g."), or the whole paragraph (a closing
+    colon made a full stop)."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    depth = 0
+    for index, char in enumerate(paragraph):
+        depth += (char in "([{") - (char in ")]}")
+        ends_word = index > 0 and not paragraph[index - 1].isspace() and paragraph[index + 1: index + 2] in ("", " ")
+        if char == "." and depth == 0 and ends_word and not paragraph[: index + 1].endswith(_ABBREVIATIONS):
+            return paragraph[: index + 1]
+    return paragraph.removesuffix(":") + "." if paragraph.endswith(":") else paragraph
+
+
+def _description(info: MixerInfo) -> str:
+    """The first sentence of the mixer's module docstring, else of its class docstring."""
+    for doc in (sys.modules[info.cls.__module__].__doc__, info.cls.__doc__):
+        if doc and doc.strip():
+            return _first_sentence(doc)
+    return _NONE
+
+
+def _modes_cell(info: MixerInfo) -> str:
+    """The mixer's modes, each with the patterns that have it unless every supported pattern does, e.g.
+    "parallel; stream, step (causal_self)"."""
+    from longseq.mixers import Pattern
+    from longseq.mixers.base import modes_for
+
+    patterns = [p for p in Pattern if p in info.patterns]
+    groups: dict[tuple[str, ...], list[str]] = {}  # the patterns having a mode -> the modes, in Mode's order
+    for mode in info.modes:
+        having = tuple(p.value for p in patterns if mode in modes_for(p))
+        groups.setdefault(having, []).append(mode.value)
+    every = tuple(p.value for p in patterns)
+    return "; ".join(", ".join(modes) + ("" if having == every else f" ({', '.join(having)})")
+                     for having, modes in groups.items())
+
+
+def mixers_table_markdown(infos: Sequence[MixerInfo]) -> str:
+    """A markdown table of the mixers: name, description (the module docstring's first sentence), patterns, modes,
+    impls, complexity and state size (in floats per sequence, ``state_formula``)."""
+    from longseq.mixers import Pattern
+
+    rows = [
+        [
+            f"`{info.name}`",
+            _description(info),
+            ", ".join(p.value for p in Pattern if p in info.patterns),
+            _modes_cell(info),
+            ", ".join(f"`{impl}`" for impl in info.impls) or _NONE,
+            info.complexity or _NONE,
+            info.state_formula or _NONE,
+        ]
+        for info in infos
+    ]
+    headers = ["mixer", "description", "patterns", "modes", "impls", "complexity", "state size"]
+    return "\n".join(_markdown_table(Table(headers, rows)))
+
+
+def _split_marked(text: str, where: str) -> tuple[str, str, str]:
+    """(before the start marker, between the markers, after the end marker); ``where`` names the text in errors."""
+    starts, ends = text.count(MIXERS_TABLE_START), text.count(MIXERS_TABLE_END)
+    if starts != 1 or ends != 1:
+        raise ReadmeTableError(
+            f"{where} must hold {MIXERS_TABLE_START} and {MIXERS_TABLE_END} once each, around the mixers table; "
+            f"found them {starts} and {ends} times"
+        )
+    head, rest = text.split(MIXERS_TABLE_START)
+    if MIXERS_TABLE_END not in rest:
+        raise ReadmeTableError(f"{where}: {MIXERS_TABLE_END} comes before {MIXERS_TABLE_START}")
+    inside, tail = rest.split(MIXERS_TABLE_END)
+    return head, inside, tail
+
+
+def marked_region(text: str, *, where: str) -> str:
+    """The text between the mixers-table markers, without the line breaks around it."""
+    return _split_marked(text, where)[1].strip("\n")
+
+
+def replace_marked_region(text: str, body: str, *, where: str) -> str:
+    """``text`` with what lies between the mixers-table markers replaced by ``body`` on its own lines; the markers
+    stay. ``where`` names the text (its file) in errors."""
+    head, _, tail = _split_marked(text, where)
+    return f"{head}{MIXERS_TABLE_START}\n{body}\n{MIXERS_TABLE_END}{tail}"
+
+
+def update_mixers_table(path: str | Path) -> bool:
+    """Write the built-in mixers' table between the markers of ``path`` (the README); True if it changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    updated = replace_marked_region(text, mixers_table_markdown(builtin_mixers()), where=str(path))
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text

@@ -38,9 +38,10 @@ from longseq.userinput import parse_assignments
 
 log = logging.getLogger(__name__)
 
-SPEED_MODES = ("fwd", "fwdbwd", "prefill", "decode")
-# The streaming form each mode needs beyond the parallel one.
-_MODE_NEEDS = {"fwd": Mode.PARALLEL, "fwdbwd": Mode.PARALLEL, "prefill": Mode.STREAM, "decode": Mode.STEP}
+SPEED_MODES = ("fwd", "fwdbwd", "fwd_train", "prefill", "decode")
+# The form of the mixer each mode runs (see isolate.py for what each mode times).
+_MODE_NEEDS = {"fwd": Mode.PARALLEL, "fwdbwd": Mode.PARALLEL, "fwd_train": Mode.PARALLEL, "prefill": Mode.STREAM,
+               "decode": Mode.STEP}
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
 ROW_KEYS = (
     "bench_id", "label", "mixer", "hypers", "pattern", "mode", "seq_len", "batch", "d_model", "dtype", "device",
@@ -382,8 +383,9 @@ def run_speed_bench(
     """Time and measure every (mixer spec, pattern, mode, length) point, each in a child process; return the rows.
 
     mixers: specs like ``"attention"``, ``"attention[impl=math,n_heads=8]"`` (the label of their rows).
-    patterns: CAB patterns; a mixer is run in those it supports. modes: fwd, fwdbwd, prefill, decode (prefill and
-    decode only in causal patterns). lengths: sequence lengths (decode: the context length), run in increasing
+    patterns: CAB patterns; a mixer is run in those it supports. modes: fwd, fwdbwd, fwd_train (a training-mode
+    forward with gradients on and no backward, what CAB timed), prefill, decode (prefill and decode only in causal
+    patterns). lengths: sequence lengths (decode: the context length), run in increasing
     order. repeats / min_time: each point repeats until both a count and a time are reached, after ``warmup``
     untimed calls. threads: torch threads in the children (default: torch's). max_memory: bytes a child may hold
     resident (default: half the machine's RAM) — longer points predicted to exceed it are skipped and a child that

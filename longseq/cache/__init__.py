@@ -2,5 +2,6 @@
 
 from longseq.cache.base import KVCache
 from longseq.cache.full import FullCache
+from longseq.cache.window import WindowCache
 
-__all__ = ["FullCache", "KVCache"]
+__all__ = ["FullCache", "KVCache", "WindowCache"]

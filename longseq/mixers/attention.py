@@ -22,7 +22,7 @@ from longseq.mixers._heads import HeadsMixer
 from longseq.mixers.base import InvalidHyper, Pattern, SequenceTooLong
 from longseq.mixers.registry import register
 from longseq.ops.attention import AttentionImpl, softmax_attention
-from longseq.ops.rotary import apply_rotary, rotary_cos_sin, token_positions
+from longseq.ops.rotary import rotate_queries_keys, token_positions
 from longseq.state import State
 
 
@@ -80,8 +80,7 @@ class Attention(HeadsMixer):
     def _rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         if not self.use_rope:
             return q, k
-        cos, sin = rotary_cos_sin(positions, self.head_dim, base=self.rope_base, dtype=q.dtype)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return rotate_queries_keys(q, k, positions, base=self.rope_base)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, q_valid: Tensor | None,
                 k_valid: Tensor | None) -> Tensor:

@@ -2,6 +2,8 @@
 O(L) time and a constant-size state. x: (..., d) -> phi(x): (..., m).
 
 - ``elu_plus_one`` (Katharopoulos et al. 2020) and ``relu_feature``: cheap, positive (relu: non-negative).
+- ``cos_reweighted`` (cosFormer, Qin et al. 2022): features phi (ReLU) re-weighted by their token's position so that
+  phi'(q_i) . phi'(k_j) = (phi(q_i) . phi(k_j)) cos(pi (i - j) / 2M), a locality bias that stays decomposable.
 - FAVOR+ positive random features (Performer, Choromanski et al. 2021): phi(x)_i = exp(w_i.x - |x|^2/2) / sqrt(m)
   with gaussian rows w_i, an unbiased estimate of the softmax kernel: E[phi(q).phi(k)] = exp(q.k). Scaling q and k
   by d^(-1/4) (softmax's 1/sqrt(d)) is the caller's job.
@@ -40,6 +42,28 @@ def relu_feature(x: Tensor) -> Tensor:
     """phi(x) = relu(x) >= 0, elementwise. All features of a token can be 0, so the normaliser phi(q).z can be 0:
     adding an eps to it is the caller's job."""
     return F.relu(x)
+
+
+def cos_reweighted(phi: Tensor, positions: Tensor, span: Tensor | float) -> Tensor:
+    """cosFormer's re-weighting by the sin/cos decomposition: phi: (B, H, L, m), positions: (B, L) integers (cosFormer
+    counts from 1), span M: (B,) or a number -> (B, H, L, 2m) = [phi sin(pi i / 2M), phi cos(pi i / 2M)]. Since
+    cos(a - b) = cos a cos b + sin a sin b, the dot product of a query's and a key's re-weighted features is their
+    plain dot product times cos(pi (i - j) / 2M), in [0, 1] for |i - j| <= M: the caller keeps positions in 1..M.
+
+    Angles and products in float32 at least (float64 stays float64: positions in the thousands lose their phase in
+    half precision); the result has phi's dtype."""
+    if phi.dim() != 4 or tuple(positions.shape) != (phi.shape[0], phi.shape[2]):
+        raise ValueError(f"cos_reweighted: phi must have shape (B, H, L, m) and positions (B, L), got "
+                         f"{tuple(phi.shape)} and {tuple(positions.shape)}")
+    dtype = torch.promote_types(phi.dtype, torch.float32)
+    span = torch.as_tensor(span, dtype=dtype, device=phi.device)
+    if span.dim() not in (0, 1) or (span.dim() == 1 and span.shape[0] != phi.shape[0]):
+        raise ValueError(f"cos_reweighted: span must be a number or have shape (B,) = ({phi.shape[0]},), "
+                         f"got {tuple(span.shape)}")
+    angles = (math.pi / 2) * positions.to(dtype) / (span[:, None] if span.dim() else span)  # (B, L)
+    angles = angles[:, None, :, None]
+    p = phi.to(dtype)
+    return torch.cat((p * angles.sin(), p * angles.cos()), dim=-1).to(phi.dtype)
 
 
 def orthogonal_gaussian_matrix(n_features: int, dim: int, generator: torch.Generator | None = None, *,

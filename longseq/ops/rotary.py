@@ -48,3 +48,9 @@ def token_positions(mask: Tensor | None, batch: int, length: int, device: torch.
     else:
         pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     return pos if start is None else pos + start[:, None]
+
+
+def rotate_queries_keys(q: Tensor, k: Tensor, positions: Tensor, *, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """q: (B, H, Lq, d), k: (B, H, Lk, d) at the same positions: (B or 1, L) -> both rotated (q's dtype)."""
+    cos, sin = rotary_cos_sin(positions, q.shape[-1], base=base, dtype=q.dtype)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -31,11 +31,11 @@ from pydantic import (
 from longseq.results.provenance import utc_now_iso
 from longseq.userinput import short_repr
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: speed mode "fwd_train" (a store at version 1 is migrated when opened)
 
 RunKind = Literal["train", "quality"]
 RunStatus = Literal["running", "completed", "failed", "interrupted"]
-SpeedMode = Literal["fwd", "fwdbwd", "prefill", "decode"]
+SpeedMode = Literal["fwd", "fwdbwd", "fwd_train", "prefill", "decode"]
 SpeedStatus = Literal["ok", "skipped", "oom", "crashed", "killed", "timeout"]
 
 RUN_KINDS: tuple[str, ...] = get_args(RunKind)
@@ -200,6 +200,33 @@ def _sql_in(values: tuple[str, ...]) -> str:
 _PROVENANCE_SQL = (
     "git_commit TEXT, git_dirty INTEGER, torch_version TEXT, cpu_model TEXT, threads INTEGER, command TEXT"
 )
+def _speed_table(name: str) -> str:
+    return f"""CREATE TABLE {name} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, row_key TEXT NOT NULL UNIQUE,
+        bench_id TEXT NOT NULL, created_at TEXT NOT NULL, label TEXT NOT NULL, mixer TEXT NOT NULL,
+        hypers TEXT NOT NULL, pattern TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN {_sql_in(SPEED_MODES)}),
+        seq_len INTEGER NOT NULL, batch INTEGER NOT NULL, d_model INTEGER NOT NULL,
+        dtype TEXT NOT NULL, device TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN {_sql_in(SPEED_STATUSES)}),
+        median_s REAL, iqr_s REAL, repeats INTEGER, tokens_per_s REAL, peak_mem_bytes INTEGER,
+        state_floats INTEGER, error TEXT, provenance TEXT NOT NULL, {_PROVENANCE_SQL})"""
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2 allows speed mode "fwd_train". SQLite cannot alter a CHECK constraint: the speed table is rebuilt
+    with the new one and every row copied over (ids kept)."""
+    conn.execute(_speed_table("speed_v2"))
+    conn.execute("INSERT INTO speed_v2 SELECT * FROM speed")
+    conn.execute("DROP TABLE speed")
+    conn.execute("ALTER TABLE speed_v2 RENAME TO speed")
+    conn.execute("CREATE INDEX speed_bench_id ON speed (bench_id)")
+
+
+# from-version -> the step to the next version, run in the opening transaction
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"""CREATE TABLE runs (
@@ -211,16 +238,7 @@ _SCHEMA = (
         metrics TEXT, wall_time_s REAL, tokens_per_s REAL, steps INTEGER,
         provenance TEXT NOT NULL, {_PROVENANCE_SQL})""",
     "CREATE INDEX runs_cell_key ON runs (cell_key)",
-    f"""CREATE TABLE speed (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, row_key TEXT NOT NULL UNIQUE,
-        bench_id TEXT NOT NULL, created_at TEXT NOT NULL, label TEXT NOT NULL, mixer TEXT NOT NULL,
-        hypers TEXT NOT NULL, pattern TEXT NOT NULL,
-        mode TEXT NOT NULL CHECK (mode IN {_sql_in(SPEED_MODES)}),
-        seq_len INTEGER NOT NULL, batch INTEGER NOT NULL, d_model INTEGER NOT NULL,
-        dtype TEXT NOT NULL, device TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN {_sql_in(SPEED_STATUSES)}),
-        median_s REAL, iqr_s REAL, repeats INTEGER, tokens_per_s REAL, peak_mem_bytes INTEGER,
-        state_floats INTEGER, error TEXT, provenance TEXT NOT NULL, {_PROVENANCE_SQL})""",
+    _speed_table("speed"),
     "CREATE INDEX speed_bench_id ON speed (bench_id)",
 )
 
@@ -288,6 +306,10 @@ class ResultsStore:
                 )
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             found = None if row is None else row[0]
+            while found is not None and found.isdigit() and int(found) in _MIGRATIONS:
+                _MIGRATIONS[int(found)](conn)
+                found = str(int(found) + 1)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (found,))
             if found != str(SCHEMA_VERSION):
                 raise ResultsStoreError(
                     f"results store {self.path} has schema_version={found!r}; this longseq reads "

@@ -1,6 +1,7 @@
-"""Linear-attention feature maps: elu+1 and relu by their formulas; FAVOR+ — the orthogonal gaussian projection's
-structure and distribution, the unbiased softmax-kernel estimate (statistically), the stabilizer rules (what
-cancels and what would not), gradients by finite differences, refusals."""
+"""Linear-attention feature maps: elu+1 and relu by their formulas; cosFormer's re-weighting against the explicit
+cos-weighted kernel; FAVOR+ — the orthogonal gaussian projection's structure and distribution, the unbiased
+softmax-kernel estimate (statistically), the stabilizer rules (what cancels and what would not), gradients by finite
+differences, refusals."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from longseq.ops.feature_maps import (
+    cos_reweighted,
     elu_plus_one,
     orthogonal_gaussian_matrix,
     positive_random_features,
@@ -24,6 +26,39 @@ def test_elementwise_maps_follow_their_formulas():
     torch.testing.assert_close(elu_plus_one(x), torch.where(x > 0, x + 1, torch.exp(x)), atol=1e-15, rtol=0)
     assert (elu_plus_one(x) > 0).all()
     torch.testing.assert_close(relu_feature(x), x.clamp(min=0), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("span", [12.0, "per_row"])
+def test_cos_reweighting_is_the_cos_weighted_kernel(span):
+    """cosFormer's decomposition: phi'(q_i) . phi'(k_j) = (phi(q_i) . phi(k_j)) cos(pi (i - j) / 2M), pair by pair,
+    with a span per row or shared; and its gradient by finite differences."""
+    g = torch.Generator().manual_seed(0)
+    phi_q, phi_k = (relu_feature(torch.randn(2, 3, 7, 4, generator=g, dtype=F64)) for _ in range(2))
+    pos_q = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [1, 1, 2, 3, 5, 8, 9]])
+    pos_k = torch.tensor([[2, 4, 6, 8, 10, 11, 12], [1, 2, 3, 4, 5, 6, 7]])
+    spans = torch.tensor([12.0, 9.0], dtype=F64) if span == "per_row" else torch.full((2,), span, dtype=F64)
+    got = cos_reweighted(phi_q, pos_q, spans if span == "per_row" else span) @ cos_reweighted(
+        phi_k, pos_k, spans if span == "per_row" else span).transpose(-2, -1)
+    want = torch.empty(2, 3, 7, 7, dtype=F64)
+    for b in range(2):
+        for i in range(7):
+            for j in range(7):
+                weight = math.cos(math.pi * (pos_q[b, i] - pos_k[b, j]).item() / (2 * spans[b].item()))
+                want[b, :, i, j] = (phi_q[b, :, i] * phi_k[b, :, j]).sum(-1) * weight
+    torch.testing.assert_close(got, want, atol=1e-14, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda p: cos_reweighted(p, pos_q, spans), (phi_q.clone().requires_grad_(),))
+
+
+def test_cos_reweighting_keeps_half_precision_and_refuses_bad_shapes():
+    phi = torch.rand(1, 2, 5, 4).to(torch.bfloat16)
+    pos = torch.arange(1, 6)[None] * 1000
+    got = cos_reweighted(phi, pos, 5000.0)
+    assert got.dtype == torch.bfloat16 and got.shape == (1, 2, 5, 8)
+    torch.testing.assert_close(got, cos_reweighted(phi.double(), pos, 5000.0).to(torch.bfloat16))
+    with pytest.raises(ValueError, match=r"positions \(B, L\)"):
+        cos_reweighted(phi, pos[:, :3], 10.0)
+    with pytest.raises(ValueError, match=r"span must be a number or have shape \(B,\)"):
+        cos_reweighted(phi, pos, torch.ones(3))
 
 
 @pytest.mark.parametrize(("n_features", "dim"), [(20, 8), (8, 8), (3, 8)])
