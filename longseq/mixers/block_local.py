@@ -1,6 +1,7 @@
-"""Block-local ("chunked") attention, MEGA-chunk style: softmax attention only within non-overlapping chunks of
-``chunk`` tokens (causal inside the chunk when causal), in O(L·c·d). No information crosses a chunk boundary: in a
-MEGA-type layer that is the job of the EMA, SSM or TCN beside it.
+"""Block-local ("chunked") attention, MEGA-chunk style: softmax attention within non-overlapping chunks only.
+
+Chunks of ``chunk`` tokens (causal inside the chunk when causal), in O(L·c·d). No information crosses a chunk
+boundary: in a MEGA-type layer that is the job of the EMA, SSM or TCN beside it.
 
 - Chunks count *valid* tokens: the k-th chunk of a row is its valid tokens k·c .. k·c + c - 1, so a padded row
   (padding at either end or in holes) gives at each valid token what its valid tokens alone give (docs/design.md §4).

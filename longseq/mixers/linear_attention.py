@@ -1,6 +1,7 @@
-"""Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"): softmax(q k^T) replaced by the kernel
-phi(q) . phi(k) with phi(x) = elu(x) + 1, per head, so that attention reassociates into O(L) time and, causally, a
-recurrence over the state S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j):
+"""Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs") with phi = elu + 1, in all four patterns.
+
+softmax(q k^T) is replaced by the kernel phi(q) . phi(k) with phi(x) = elu(x) + 1, per head, so that attention
+reassociates into O(L) time and, causally, a recurrence over the state S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j):
 
     o_i = phi(q_i) S_i / (phi(q_i) . z_i + eps),   eps = 1e-6 (the reference's)
 

@@ -1,6 +1,8 @@
-"""Performer (Choromanski et al. 2021): softmax attention approximated by FAVOR+ positive orthogonal random features,
-phi(x) = exp(W x - |x|^2 / 2) / sqrt(m) on x = q d_h^(-1/4) and k d_h^(-1/4), so that E[phi(q) . phi(k)] =
-exp(q . k / sqrt(d_h)); then normalised linear attention (``_linear``) over those features.
+"""Performer (Choromanski et al. 2021): softmax attention approximated by FAVOR+ random features, in all four patterns.
+
+The features are positive and orthogonal: phi(x) = exp(W x - |x|^2 / 2) / sqrt(m) on x = q d_h^(-1/4) and
+k d_h^(-1/4), so that E[phi(q) . phi(k)] = exp(q . k / sqrt(d_h)); then normalised linear attention (``_linear``)
+over those features.
 
 Random features (``modules.FavorFeatures``): m orthogonal gaussian rows, redrawn at every forward in ``train()``
 (the method: the model must not fit one draw; ``stochastic_in_training``) and fixed in ``eval()``, where the mixer

@@ -1,6 +1,7 @@
-"""ProbSparse self-attention (Informer, Zhou et al. 2021): exact softmax attention for the u = factor·ceil(ln L)
-queries whose sampled attention is least uniform, the mean of the values for the others (math in
-``longseq/ops/probsparse.py``).
+"""ProbSparse self-attention (Informer, Zhou et al. 2021): exact attention for the least uniform queries only.
+
+The u = factor·ceil(ln L) queries whose sampled attention is least uniform get exact softmax attention, the others
+the mean of the values (math in ``longseq/ops/probsparse.py``).
 
 Patterns: ``noncausal_self`` only.
 - ``causal_self`` is refused: the top-u selection ranks every query of the sequence against the others, so whether

@@ -1,5 +1,7 @@
-"""Transformer-LS (Long-Short Transformer, Zhu et al. 2021): per head, one softmax over a short-term window of keys
-and long-range keys compressed by a learned softmax over positions (math in ``longseq/ops/long_short.py``).
+"""Transformer-LS (Long-Short Transformer, Zhu et al. 2021): a local window plus compressed long-range keys.
+
+Per head, one softmax over a short-term window of keys and long-range keys compressed by a learned softmax over
+positions (math in ``longseq/ops/long_short.py``).
 
 - ``noncausal_self``: the sequence is cut into segments of ``window`` tokens; a query sees its segment and
   window // 2 tokens on each side (the paper's segment-wise sliding window), plus ``rank`` dynamic projections of the

@@ -21,23 +21,12 @@ least (half-precision inputs are promoted); the outputs are in v's dtype.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.ops.masked_softmax import masked_softmax
 from longseq.ops.precision import compute_dtype
-
-
-def masked_softmax(logits: Tensor, allow: Tensor, dim: int = -1) -> Tensor:
-    """softmax of ``logits`` along ``dim`` over the entries where ``allow`` (broadcastable bool) is True; 0 elsewhere,
-    and 0 everywhere along a slice with no allowed entry (no NaN, zero gradients there)."""
-    logits = logits.masked_fill(~allow, -math.inf)
-    top = logits.amax(dim=dim, keepdim=True).detach()  # the shift cancels in the ratio
-    e = torch.exp(logits - torch.where(torch.isfinite(top), top, 0.0))
-    total = e.sum(dim=dim, keepdim=True)
-    return e / torch.where(total > 0, total, 1.0)
 
 
 def gather_span(x: Tensor, start: Tensor, width: int) -> Tensor:
