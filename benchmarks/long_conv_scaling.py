@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from longseq.bench.fit import fit_loglog
-from longseq.bench.interleaved import parse_scaling_args, scaling_parser, time_interleaved
+from longseq.bench.interleaved import parse_scaling_args, scaling_header, scaling_parser, time_interleaved
 from longseq.bench.isolate import median_and_iqr
 from longseq.mixers import build
 from longseq.ops.fft_conv import fft_conv
@@ -80,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = scaling_parser(__doc__.split("\n\n")[0], MIXERS, repeats=7)
     parser.add_argument("--max-ratio", type=float, default=1.5, help="allowed mixer time / (op+proj) time")
     args, mixers, lengths = parse_scaling_args(parser, argv, MIXERS)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; float32, "
-          f"batch {args.batch}, d_model {args.d_model}; inference_mode; {args.warmup} warm-up call(s), "
-          f"{args.repeats} interleaved rounds per point", flush=True)
+    print(scaling_header(args), flush=True)
     results: dict[str, dict] = {}
     ok = True
     with torch.inference_mode():

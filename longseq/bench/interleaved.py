@@ -9,9 +9,12 @@ frequency step) hit all of them alike, which timing each in its own block does n
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import torch
 
 
 def time_interleaved(calls: Mapping[str, Callable[[], object]], *, warmup: int,
@@ -50,7 +53,8 @@ def scaling_parser(description: str, mixers: Sequence[str], *, repeats: int = 5)
 
 def parse_scaling_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                        mixers: Sequence[str]) -> tuple[argparse.Namespace, list[str], list[int]]:
-    """(args, the chosen mixers, the sorted lengths); a bad value exits through ``parser.error`` naming it."""
+    """(args, the chosen mixers, the sorted lengths); a bad value exits through ``parser.error`` naming it. Sets
+    torch's thread count when --threads is given."""
     args = parser.parse_args(argv)
     chosen = [m.strip() for m in args.mixers.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(mixers))
@@ -61,4 +65,13 @@ def parse_scaling_args(parser: argparse.ArgumentParser, argv: Sequence[str] | No
         parser.error("--lengths: at least two lengths are needed for a slope")
     if args.repeats < 5:
         parser.error("--repeats must be >= 5")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     return args, chosen, lengths
+
+
+def scaling_header(args: argparse.Namespace) -> str:
+    """The line a scaling script prints first: the machine and the settings every point shares."""
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; float32, batch "
+            f"{args.batch}, d_model {args.d_model}; inference_mode; {args.warmup} warm-up call(s), {args.repeats} "
+            f"interleaved rounds per point")

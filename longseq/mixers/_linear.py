@@ -18,6 +18,7 @@ it depends on positions (cosFormer); the others map token by token.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABCMeta, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +47,7 @@ class LinearAttentionState(State):
     length: int = 0
 
 
-class LinearAttentionMixer(HeadsMixer):
+class LinearAttentionMixer(HeadsMixer, metaclass=ABCMeta):
     """Base of the linear-attention mixers. A subclass calls ``super().__init__``, ``self.build_heads(n)``, sets
     ``n_features`` (m, per head) and ``chunk_size``, and implements ``feature_map``; position-dependent maps override
     the three feature hooks, ``make_state`` and ``advance``."""
@@ -58,9 +59,10 @@ class LinearAttentionMixer(HeadsMixer):
 
     # -- the feature map ----------------------------------------------------------------------------------------
 
+    @abstractmethod
     def feature_map(self, t: Tensor, *, is_query: bool) -> Tensor:
-        """t: (B, H, L, dh) -> phi(t): (B, H, L, m)."""
-        raise NotImplementedError
+        """t: (B, H, L, dh) -> phi(t): (B, H, L, m), the map of one token alone (position-dependent maps build on it
+        in the feature hooks)."""
 
     def feature_pair(self, q: Tensor, k: Tensor, *, q_valid: Tensor | None,
                      k_valid: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -97,8 +97,13 @@ class CosFormer(LinearAttentionMixer):
         if self.max_positions is not None and length > self.max_positions:
             raise TooManyPositions(what, length, self.max_positions)
 
+    def feature_map(self, t: Tensor, *, is_query: bool) -> Tensor:
+        """The position-free part of cosFormer's map, the same for queries and keys: ReLU. The feature hooks below
+        re-weight it by position."""
+        return relu_feature(t)
+
     def _features(self, t: Tensor, positions: Tensor, span: Tensor | float) -> Tensor:
-        return cos_reweighted(relu_feature(t), positions, span)
+        return cos_reweighted(self.feature_map(t, is_query=True), positions, span)
 
     def feature_pair(self, q: Tensor, k: Tensor, *, q_valid: Tensor | None,
                      k_valid: Tensor | None) -> tuple[Tensor, Tensor]:

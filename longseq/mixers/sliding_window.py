@@ -22,6 +22,7 @@ tokens a query sees (its last w, or those of its chunk) and so in the cache poli
 from __future__ import annotations
 
 import dataclasses
+from abc import ABCMeta, abstractmethod
 from typing import Annotated, ClassVar
 
 import torch
@@ -47,7 +48,7 @@ class LocalAttentionState(State):
     max_len: int | None = None
 
 
-class LocalAttention(HeadsMixer):
+class LocalAttention(HeadsMixer, metaclass=ABCMeta):
     """Softmax attention in which a query sees only the valid tokens near it, ``span`` of them at most. A subclass
     sets ``tumbling`` (the cache policy: sliding window, or blocks of ``span`` tokens) and implements ``_local``."""
 
@@ -63,9 +64,9 @@ class LocalAttention(HeadsMixer):
                                f"; use an n_heads that leaves one, or rope=False")
         self.span, self.use_rope, self.rope_base = span, rope, rope_base
 
+    @abstractmethod
     def _local(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None) -> Tensor:
         """q, k: (B, H, L, dh), v: (B, H, L, dh), valid: bool (B, L) or None -> (B, H, L, dh)."""
-        raise NotImplementedError
 
     def _projections(self, x: Tensor, mask: Tensor | None, start: Tensor | None = None) -> tuple[Tensor, ...]:
         """x: (B, T, D) -> q, k, v: (B, H, T, dh), q and k rotated at their valid-token positions (+ ``start``)."""
