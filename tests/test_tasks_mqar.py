@@ -21,6 +21,7 @@ from longseq.tasks import (
     build_task,
     register_task,
 )
+from longseq.tasks.mqar import ZOOLOGY_TEST_SETS, ZOOLOGY_TRAIN_MIXTURE, MQARMixture
 
 # The spec's worked example (V=12, N=2, L=16, zero filler).
 SPEC_INPUTS = [2, 8, 4, 7, 0, 0, 4, 0, 0, 0, 0, 0, 2, 0, 0, 0]
@@ -334,3 +335,125 @@ def test_registration_rules():
         register_task("positional")(Positional)
     assert set(available_tasks()) >= {"mqar"}
     assert not {"undocumented", "positional"} & set(available_tasks())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Zoology's training mixture and length-extrapolation test sets (spec §1b)
+
+
+def test_zoology_mixture_and_test_sets_are_the_specs():
+    assert [list(c) for c in ZOOLOGY_TRAIN_MIXTURE] == [
+        [64, 4, 100_000],
+        [128, 8, 20_000],
+        [256, 16, 20_000],
+        [256, 32, 20_000],
+        [256, 64, 20_000],
+    ]
+    assert [c[:2] for c in ZOOLOGY_TEST_SETS] == [
+        (64, 4),
+        (64, 8),
+        (64, 16),
+        (128, 32),
+        (256, 64),
+        (512, 128),
+        (1024, 256),
+    ]
+    task = MQARMixture()
+    assert (task.seq_len, task.num_examples("train"), task.num_examples("test")) == (1024, 180_000, 7_000)
+    assert (task.vocab_size, task.random_non_queries) == (8192, True)
+    assert [(s[0], s[1], len(s[2])) for s in task.slices("test")] == [tuple(c) for c in ZOOLOGY_TEST_SETS]
+    assert task.slices("train")[1][2] == range(100_000, 120_000)
+
+
+def test_mixture_rows_are_their_segments_examples_right_padded():
+    task = MQARMixture(
+        vocab_size=300, train_configs=[[16, 2, 5], [64, 8, 4], [32, 4, 3]], test_configs=[[128, 16, 6], [256, 64, 2]]
+    )
+    assert task.seq_len == 256
+    for split in ("train", "test"):
+        indices = np.arange(task.num_examples(split))[::-1].copy()
+        inputs, labels = task.batch(split, indices)
+        assert inputs.shape == labels.shape == (len(indices), 256)
+        for row, index in enumerate(indices.tolist()):
+            segment = next(j for j, s in enumerate(task.slices(split)) if index in s[2])
+            component = task.component(split, segment)
+            start = task.slices(split)[segment][2].start
+            sub_inputs, sub_labels = component.batch(split, [index - start])
+            width = component.seq_len
+            assert torch.equal(inputs[row, :width], sub_inputs[0])
+            assert torch.equal(labels[row, :width], sub_labels[0])
+            assert bool((inputs[row, width:] == 0).all()) and bool((labels[row, width:] == IGNORE_INDEX).all())
+            problems = layout_problems(
+                sub_inputs[0].tolist(), sub_labels[0].tolist(), 300, component.num_kv_pairs, zero_filler=False
+            )
+            assert problems == []
+    # The per-length test tasks are the test segments, unpadded.
+    tasks = task.test_tasks()
+    assert [(t.seq_len, t.num_kv_pairs, t.num_test) for t in tasks] == [(128, 16, 6), (256, 64, 2)]
+    inputs, _ = task.batch("test", range(6, 8))
+    assert torch.equal(inputs, tasks[1].batch("test", [0, 1])[0])
+
+
+def test_mixture_is_deterministic_and_segments_and_splits_differ():
+    task = MQARMixture(vocab_size=128, train_configs=[[32, 4, 50], [32, 4, 50]], test_configs=[[32, 4, 50]])
+    inputs, _ = task.batch("train", [70, 3])
+    assert torch.equal(inputs, torch.cat([task.batch("train", [70])[0], task.batch("train", [3])[0]]))
+    same_config = task.batch("train", range(50))[0], task.batch("train", range(50, 100))[0]
+    assert not torch.equal(*same_config)  # two segments of one config draw different examples
+    assert not torch.equal(task.batch("test", range(50))[0], same_config[0])
+    rebuilt = build_task(**json.loads(json.dumps(task.describe())))
+    assert rebuilt.describe() == task.describe()
+    assert torch.equal(rebuilt.batch("train", [70])[0], task.batch("train", [70])[0])
+
+
+def test_mixture_generation_is_fast():
+    import time
+
+    task = MQARMixture()
+    start = time.perf_counter()
+    inputs, _ = task.batch("train", np.arange(0, 180_000, 9))
+    assert inputs.shape == (20_000, 1024)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"train_configs": []}, r"train_configs=\[\]: .*at least 1 item"),
+        ({"train_configs": [[64, 4]]}, r"train_configs\[0\]=\[64, 4\]: allowed \[seq_len, num_kv_pairs, num_ex"),
+        ({"test_configs": [[64, 4, 0]]}, r"test_configs\[0\]=\[64, 4, 0\]: allowed"),
+        ({"test_configs": [[64, 32, 10]]}, r"test_configs\[0\]=\[64, 32, 10\]: 4\*num_kv_pairs > seq_len \(128 > 64\)"),
+        ({"vocab_size": 512}, r"test_configs\[5\]=\[512, 128, 1000\]: vocab_size=512 must be greater than seq_len=512"),
+        ({"train_configs": [[63, 4, 10]]}, r"train_configs\[0\]=\[63, 4, 10\]: seq_len=63 must be even"),
+        ({"train_configs": ((64, 4, 10),)}, r"train_configs=.*valid list"),
+        ({"power_a": 0.0}, r"power_a=0\.0"),
+    ],
+)
+def test_mixture_refuses_invalid_parameters_naming_the_values(params, message):
+    with pytest.raises(TaskParameterError, match=message):
+        MQARMixture(**params)
+
+
+def test_mixture_label_frequency_and_position_predictors_score_at_chance():
+    # Values are uniform over vocab_size/2 tokens, so chance is 2/vocab_size per query.
+    task = MQARMixture(
+        vocab_size=64, train_configs=[[16, 2, 2000], [32, 4, 2000]], test_configs=[[16, 2, 2000], [32, 8, 2000]]
+    )
+    n = task.num_examples("test")
+    _, train_labels = task.batch("train", range(task.num_examples("train")))
+    _, test_labels = task.batch("test", range(n))
+    supervised = test_labels != IGNORE_INDEX
+    example_index = torch.nonzero(supervised)[:, 0]
+    positions = torch.nonzero(supervised)[:, 1]
+    targets = test_labels[supervised]
+    most_frequent = int(torch.bincount(train_labels[train_labels != IGNORE_INDEX]).argmax())
+    per_position = torch.full((task.seq_len,), -1)
+    for position in torch.nonzero((train_labels != IGNORE_INDEX).any(0)).flatten().tolist():
+        column = train_labels[:, position]
+        per_position[position] = int(torch.bincount(column[column != IGNORE_INDEX]).argmax())
+    p = 2 / task.vocab_size
+    per_example = torch.bincount(example_index, minlength=n).double()
+    sigma = float((p * (1 - p) / per_example).sum()) ** 0.5 / n
+    for predictions in (torch.full_like(targets, most_frequent), per_position[positions]):
+        score = float(task.score(predictions, targets, example_index, n).mean())
+        assert score <= p + 3 * sigma, (score, p, sigma)

@@ -1,6 +1,12 @@
 """Procedural tasks: deterministic data generators with their metrics, behind one ``Task`` interface."""
 
+from longseq.tasks import associative_recall as associative_recall
+from longseq.tasks import copying as copying
+from longseq.tasks import induction_heads as induction_heads
+from longseq.tasks import joint_recall as joint_recall
 from longseq.tasks import mqar
+from longseq.tasks import passkey as passkey
+from longseq.tasks import selective_copying as selective_copying
 from longseq.tasks.base import (
     IGNORE_INDEX,
     SPLITS,
