@@ -227,7 +227,7 @@ class _FakeClock:
 def _fake_trainer(clock: _FakeClock, durations: list[float], budgets: list[float], fail_on: int | None = None):
     """Stands in for run_experiment: records the run's time budget, lets ``durations`` pass, records the run."""
 
-    def run_experiment(config, *, store, resume, command, progress, suite, cell_key):
+    def run_experiment(config, *, store, resume, command, progress, suite, cell_key, data_fingerprint=None):
         index = len(budgets)
         budgets.append(config.train.time_budget_s)
         clock.now += durations[index]
@@ -388,7 +388,9 @@ def test_zoology_fig2_follows_the_paper_protocol():
 
 
 def test_unknown_suite_lists_the_shipped_ones():
-    with pytest.raises(QualitySuiteError, match=r"unknown suite 'nope'; available: demo, mqar-tiny, zoology-fig2"):
+    shipped = ", ".join(sorted(list_suites()))
+    assert {"demo", "mqar-tiny", "zoology-fig2"} <= set(list_suites())
+    with pytest.raises(QualitySuiteError, match=rf"unknown suite 'nope'; available: {shipped} \(or a path"):
         load_suite("nope")
     with pytest.raises(QualitySuiteError, match=r"suite file 'missing\.yaml' does not exist"):
         load_suite("missing.yaml")
@@ -417,7 +419,7 @@ def test_suite_files_are_validated(tmp_path):
     [
         ({"budget_s": -1.0}, "budget_s: Input should be greater than 0"),
         ({"name": "no spaces"}, "name: String should match pattern"),
-        ({"tasks": [{"name": "mqr"}]}, "unknown task 'mqr'; available: mqar"),
+        ({"tasks": [{"name": "mqr"}]}, r"unknown task 'mqr'; available: (.*, )?mqar\b"),
         ({"model": {"vocab_size": 10}}, "model.vocab_size cannot be set here"),
         ({"train": {"steps": 3, "out_dir": "x"}}, "train.out_dir is set by the quality runner"),
         ({"train": {"steps": 0}}, r"steps=0: Input should be greater than 0"),
@@ -455,3 +457,152 @@ def test_hybrid_layer_patterns_take_the_hypers_of_each_of_their_mixers(probe_mix
     assert plan.dropped == [] and len(plan.runs) == 4
     assert plan.runs[-1].config.model["mixer_hypers"] == {"attention": {"n_heads": 2}, "qprobe": {"width": 2}}
     assert parse_grid(["qprobe.width=3"], mixer_names=["qprobe*3,attention"]) == {"qprobe.width": [3]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data fingerprints and kills
+
+
+def test_runs_record_their_data_fingerprint_and_a_changed_generator_reruns(tmp_path, monkeypatch):
+    from longseq.tasks.fingerprint import task_fingerprint
+    from longseq.tasks.mqar import MQAR
+
+    suite = tiny_suite(grid={"lr": [1e-3]})
+    fingerprint = task_fingerprint("mqar", **TINY_TASK["params"])
+    (planned,) = plan_quality(suite).runs
+    assert planned.fingerprint == fingerprint
+    with ResultsStore(tmp_path / "results.db") as store:
+        assert run_quality(suite=suite, store=store, log=lambda line: None).ran == 1
+        (row,) = store.runs()
+        assert row["config"]["data_fingerprint"] == fingerprint and row["cell_key"] == planned.key
+        assert run_quality(suite=suite, store=store, log=lambda line: None).skipped == 1
+
+        real_batch = MQAR.batch
+
+        def shifted(self, split, indices):
+            inputs, labels = real_batch(self, split, indices)
+            return inputs, torch.where(labels == -100, labels, (labels + 1) % self.vocab_size)
+
+        monkeypatch.setattr(MQAR, "batch", shifted)
+        (changed,) = plan_quality(suite).runs
+        assert changed.fingerprint != fingerprint and changed.key != planned.key
+        # The finished run was trained on other data: it is not finished for this generator.
+        report = run_quality(suite=suite, store=store, log=lambda line: None)
+        assert (report.ran, report.skipped) == (1, 0)
+        recorded = sorted(r["config"]["data_fingerprint"] for r in store.runs())
+        assert recorded == sorted([fingerprint, changed.fingerprint])
+        assert (tmp_path / "quality" / "unit" / changed.key / "metrics.jsonl").is_file()
+
+
+def test_rows_left_running_by_a_dead_call_are_closed_interrupted(tmp_path):
+    suite = tiny_suite(grid={"lr": [1e-3]})
+    (run,) = plan_quality(suite).runs
+    lines: list[str] = []
+    with ResultsStore(tmp_path / "results.db") as store:
+        orphan = store.start_run(kind="train", task="mqar", mixer="attention", config={}, n_params=1, provenance={},
+                                 suite="unit", cell_key=run.key)  # fmt: skip
+        report = run_quality(suite=suite, store=store, log=lines.append)
+        assert report.ran == 1
+        statuses = {r["run_id"]: r["status"] for r in store.runs()}
+        assert statuses.pop(orphan) == "interrupted" and list(statuses.values()) == ["completed"]
+        assert store.get_run(orphan)["metrics"] == {"stopped_by": "abandoned"}
+    assert any(line.startswith(f"closed run {orphan} ") for line in lines)
+
+
+KILL_SUITE = """
+name: killed
+description: two cells, a short one and a long one
+budget_s: 600
+mixers: [attention]
+tasks:
+  - name: mqar
+    params: {seq_len: 16, num_kv_pairs: 2, vocab_size: 32, num_train: 64, num_test: 16}
+model: {d_model: 16, n_layers: 1, mixer_hypers: {attention: {n_heads: 2}}}
+train: {steps: 20, batch_size: 8, eval_every: 100000, log_every: 10, threads: 1, lr: 1.0e-3}
+grid:
+  steps: [20, 600]
+"""
+
+
+@pytest.mark.slow
+def test_a_call_killed_mid_cell_leaves_the_store_consistent_and_the_next_call_finishes_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite_path = tmp_path / "killed.yaml"
+    suite_path.write_text(KILL_SUITE)
+    db = tmp_path / "results.db"
+    long_run = plan_quality(load_suite(suite_path)).runs[1]
+    long_dir = tmp_path / "quality" / "killed" / long_run.key
+    command = [str(Path(sys.executable).parent / "longseq"), "bench", "quality", "--suite", str(suite_path),
+               "--store", str(db)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "LONGSEQ_RESULTS": str(db)})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, "the call ended before it could be killed"
+            assert time.monotonic() < deadline, "no cell finished in time"
+            if db.exists():
+                with ResultsStore(db) as store:
+                    statuses = [r["status"] for r in store.runs()]
+                if statuses == ["completed", "running"] and (long_dir / "metrics.jsonl").is_file():
+                    break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with ResultsStore(db) as store:
+        first, killed = store.runs()
+        assert (first["status"], killed["status"], killed["cell_key"]) == ("completed", "running", long_run.key)
+        lines: list[str] = []
+        report = run_quality(suite=load_suite(suite_path), store=store, log=lines.append)
+        assert (report.ran, report.skipped, report.failed) == (1, 1, [])
+        rows = {r["run_id"]: r for r in store.runs()}
+        # The finished cell was skipped; the killed run (no checkpoint yet: a suite checkpoints at the end) was
+        # closed interrupted and re-run from the start; no row is left running.
+        assert rows.pop(first["run_id"])["status"] == "completed"
+        assert rows.pop(killed["run_id"])["status"] == "interrupted"
+        (rerun,) = rows.values()
+        assert (rerun["status"], rerun["cell_key"], rerun["steps"]) == ("completed", long_run.key, 600)
+        assert any(line.startswith(f"closed run {killed['run_id']} ") for line in lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Findings
+
+
+FINDING = {"title": "Recall vs length", "claim": "Attention recalls at every length.", "x": "task.seq_len"}
+
+
+def test_suites_declare_findings_as_data():
+    suite = tiny_suite(findings=[FINDING, {**FINDING, "title": "vs state", "x": "state_floats", "group": "mixer",
+                                           "x_scale": "log", "where": {"model.d_model": 16}}])  # fmt: skip
+    first, second = suite.findings
+    assert (first.x, first.y, first.group, first.plot) == ("task.seq_len", "accuracy", ["mixer"], True)
+    assert (second.group, second.x_scale, second.where) == (["mixer"], "log", {"model.d_model": 16})
+    assert suite.with_grid({"lr": [1e-2]}).findings == suite.findings
+
+
+@pytest.mark.parametrize(
+    ("finding", "message"),
+    [
+        ({**FINDING, "x": "seq_len"}, r"axis 'seq_len': allowed mixer, state_floats"),
+        ({**FINDING, "group": ["mixer", "task."]}, r"axis 'task.'"),
+        ({**FINDING, "group": ["task.seq_len"]}, r"x='task.seq_len' is also a group key"),
+        ({**FINDING, "claim": ""}, r"claim"),
+        ({**FINDING, "x_scale": "log10"}, r"x_scale"),
+        ({**FINDING, "colour": "red"}, r"colour"),
+    ],
+)
+def test_bad_findings_fail_naming_the_field(finding, message):
+    with pytest.raises(QualitySuiteError, match=message):
+        tiny_suite(findings=[finding])
+    with pytest.raises(QualitySuiteError, match="findings repeat a title"):
+        tiny_suite(findings=[FINDING, FINDING])

@@ -54,3 +54,31 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, monkeypat
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert sorted(r["status"] for r in store.runs()) == ["completed", "completed"]
+
+
+def test_rows_carry_the_data_fingerprint(tmp_path: Path):
+    from longseq.tasks.fingerprint import task_fingerprint
+
+    cfg = config(tmp_path / "run")
+    with ResultsStore(tmp_path / "r.db") as store:
+        run_experiment(cfg, store=store, progress=False)
+        (row,) = store.runs()
+    assert row["config"]["data_fingerprint"] == task_fingerprint("mqar", **cfg.task.params)
+    assert row["config"]["task"] == cfg.task.build().describe()
+
+
+def test_a_run_killed_after_its_final_checkpoint_is_closed_by_the_resume(tmp_path: Path, monkeypatch):
+    """SIGKILL between the final checkpoint and the row's closing: the folder is finished, the row running."""
+    from longseq.train.recorder import StoreRecorder
+
+    cfg = config(tmp_path / "run")
+    with ResultsStore(tmp_path / "r.db") as store:
+        monkeypatch.setattr(StoreRecorder, "on_end", lambda self, status, result: None)  # the process "dies"
+        first = run_experiment(cfg, store=store, progress=False)
+        assert [r["status"] for r in store.runs()] == ["running"]
+        monkeypatch.undo()
+        again = run_experiment(cfg, store=store, progress=False, resume=True)
+        (row,) = store.runs()
+    assert again.run_id == first.run_id == row["run_id"]
+    assert (row["status"], row["steps"]) == ("completed", 8)
+    assert row["metrics"]["accuracy"] == first.metrics["accuracy"] and row["metrics"]["stopped_by"] == "steps"

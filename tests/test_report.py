@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from longseq.bench.ranking import rank_runs
-from longseq.bench.report import MEMORY_MODES, TIME_MODES, Plot, ReportError, build_sections, write_report
+from longseq.bench.report import (
+    MEMORY_MODES,
+    TIME_MODES,
+    Plot,
+    ReportError,
+    build_sections,
+    rank_quality_runs,
+    write_report,
+)
 from longseq.results import ResultsStore
 from longseq.results.store import SPEED_MODES as STORED_MODES
 
@@ -175,24 +183,24 @@ def test_markdown_has_the_tables_and_its_figures_exist(report: tuple[Path, Path]
     assert "No data" not in md
 
 
-def test_empty_store_reports_no_data_in_every_section(tmp_path: Path) -> None:
+def test_empty_store_gives_no_empty_sections(tmp_path: Path) -> None:
     with ResultsStore(tmp_path / "empty.db") as store:
         md_path, html_path = write_report(store, tmp_path / "out")
     md = md_path.read_text()
-    for expected in (
-        "No data: the store holds no results.",
-        "No data for mode fwd.",
-        "No data for mode fwdbwd.",
-        "No data for mode prefill.",
-        "No data: no point recorded peak memory.",
-        "No data: no decode points.",
-        "No data: no point recorded a state size.",
-        "No data: no efficiency lengths were computed.",
-        "No data: no completed run has a primary metric.",
-    ):
-        assert expected in md
-    assert "<img" not in html_path.read_text()
-    assert "fwd_train" not in md  # run only on request: no "No data" line for it
+    assert "The store holds no results: there is nothing to report." in md
+    assert "\n## " not in md and "No data" not in md
+    assert "<img" not in html_path.read_text() and "<h2>" not in html_path.read_text()
+
+
+def test_sections_and_modes_without_data_are_left_out(tmp_path: Path) -> None:
+    point = {"bench_id": "b", "label": "attention", "mixer": "attention", "pattern": "causal_self", "mode": "fwd",
+             "batch": 1, "d_model": 64, "dtype": "float32", "device": "cpu", "status": "ok", "provenance": PROVENANCE}
+    with ResultsStore(tmp_path / "r.db") as store:
+        for n in LENGTHS:
+            store.add_speed_point({**point, "seq_len": n, "median_s": 1e-6 * n})
+        md = write_report(store, tmp_path / "out")[0].read_text()
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    assert headings == ["# longseq report", "## Provenance", "## Time vs sequence length", "### Mode: fwd"]
 
 
 def test_fwd_train_sections(tmp_path: Path) -> None:
@@ -289,3 +297,140 @@ def test_lines_are_split_by_pattern_only_when_patterns_differ(tmp_path: Path) ->
     assert "| attention (pattern=causal_self) | 0.256 |" in md
     assert "| attention (pattern=noncausal_self) | 0.256 |" in md
     assert "(dtype=" not in md and "(batch=" not in md
+
+
+# ----- accuracy axes, failed cells, fingerprints, findings -----
+
+
+def _quality_run(store: ResultsStore, *, mixer: str, seq_len: int, lr: float, accuracy: float | None,
+                 fingerprint: str | None = "f" * 16, d_model: int = 64, suite: str = "fsuite",
+                 state_floats: int = 1024) -> str:  # fmt: skip
+    config = {"task": {"name": "mqar", "seq_len": seq_len}, "model": {"d_model": d_model, "layers": mixer},
+              "train": {"lr": lr}}  # fmt: skip
+    if fingerprint is not None:
+        config["data_fingerprint"] = fingerprint
+    run_id = store.start_run(kind="train", task="mqar", mixer=mixer, config=config, n_params=100,
+                             provenance=PROVENANCE, state_floats=state_floats, suite=suite)  # fmt: skip
+    status = "failed" if accuracy is None else "completed"
+    metrics = {"stopped_by": None} if accuracy is None else {"accuracy": accuracy, "stopped_by": "steps"}
+    store.finish_run(run_id, status=status, metrics=metrics, wall_time_s=1.0, tokens_per_s=1.0, steps=10)
+    return run_id
+
+
+def test_accuracy_axes_are_fixed_to_0_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    from longseq.bench import report as report_module
+
+    assert report_module.is_accuracy("accuracy") and report_module.is_accuracy("exact_match")
+    assert not report_module.is_accuracy("loss") and not report_module.is_accuracy("perplexity")
+    figures = []
+    real_png = report_module._png
+    monkeypatch.setattr(report_module, "_png", lambda fig: figures.append(fig) or real_png(fig))
+    rows = [{"mixer": "mamba", "state_floats": 64, "value": 0.3, "metric": "accuracy"},
+            {"mixer": "mamba", "state_floats": 128, "value": 0.4, "metric": "accuracy"}]  # fmt: skip
+    report_module._scatter_plot(rows, title="t")
+    report_module._finding_plot({"a": {64: 0.3, 128: 0.35}}, title="t", xlabel="x", ylabel="accuracy",
+                                x_scale="log")  # fmt: skip
+    report_module._finding_plot({"a": {64: 3.0, 128: 2.0}}, title="t", xlabel="x", ylabel="loss", x_scale="linear")
+    assert [tuple(fig.axes[0].get_ylim()) for fig in figures[:2]] == [(0.0, 1.0), (0.0, 1.0)]
+    assert tuple(figures[2].axes[0].get_ylim()) != (0.0, 1.0)
+
+
+def test_a_cell_whose_every_learning_rate_failed_is_shown_failed(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path / "r.db") as store:
+        _quality_run(store, mixer="attention", seq_len=64, lr=1e-3, accuracy=0.9)
+        _quality_run(store, mixer="mamba", seq_len=64, lr=1e-3, accuracy=None)
+        _quality_run(store, mixer="mamba", seq_len=64, lr=1e-2, accuracy=None)
+        _quality_run(store, mixer="hyena", seq_len=64, lr=1e-3, accuracy=None)  # one lr failed, one did not
+        _quality_run(store, mixer="hyena", seq_len=64, lr=1e-2, accuracy=0.5)
+        md = write_report(store, tmp_path / "out")[0].read_text()
+        ranked = rank_quality_runs(store.runs())
+    assert [(r["mixer"], r["failed"], r["value"], r["runs"]) for r in ranked] == [
+        ("attention", False, 0.9, 1), ("hyena", False, 0.5, 1), ("mamba", True, None, 2)]  # fmt: skip
+    assert "| mamba | 64 | ffffffff | accuracy | failed | — | 2 |" in md
+    assert "| hyena | 64 | ffffffff | accuracy | 0.5 | 0.01 | 1 |" in md
+    assert "mamba" not in md.split("## Accuracy vs state size")[1].split("##")[0].replace("quality-mqar", "")
+
+
+def test_cells_with_different_data_fingerprints_are_ranked_apart(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path / "r.db") as store:
+        _quality_run(store, mixer="attention", seq_len=64, lr=1e-3, accuracy=0.9, fingerprint="a" * 16)
+        _quality_run(store, mixer="attention", seq_len=64, lr=1e-2, accuracy=0.7, fingerprint="b" * 16)
+        _quality_run(store, mixer="attention", seq_len=128, lr=1e-2, accuracy=0.6, fingerprint="c" * 16)
+        md = write_report(store, tmp_path / "out")[0].read_text()
+    assert "| attention | task.seq_len=64 | 64 | aaaaaaaa | accuracy | 0.9 | 0.001 | 1 |" in md
+    assert "| attention | task.seq_len=64 | 64 | bbbbbbbb | accuracy | 0.7 | 0.01 | 1 |" in md
+    assert "data_fingerprint=" not in md
+    assert "1 task setting(s) have runs with more than one data fingerprint" in md
+
+
+def _finding_suite(tmp_path: Path):
+    from longseq.bench.quality import load_suite
+
+    path = tmp_path / "fsuite.yaml"
+    path.write_text("""
+name: fsuite
+description: a suite with findings
+budget_s: 10
+mixers: [attention]
+tasks: [{name: mqar, params: {seq_len: 16, num_kv_pairs: 2, vocab_size: 32, num_train: 64, num_test: 16}}]
+train: {steps: 2}
+findings:
+  - title: Recall vs length
+    claim: Attention recalls at every length; recurrent models fall off as L grows.
+    x: task.seq_len
+    x_scale: log
+  - title: Recall vs state size
+    claim: Accuracy grows with state size.
+    x: state_floats
+    group: [mixer, model.d_model]
+  - title: Nothing here
+    claim: No run has this axis.
+    x: model.mixer_hypers.mamba.d_state
+""")
+    return load_suite(path), path
+
+
+def test_findings_are_built_from_the_suite_runs(tmp_path: Path) -> None:
+    suite, path = _finding_suite(tmp_path)
+    with ResultsStore(tmp_path / "r.db") as store:
+        # Another suite's run and older data of one task setting (recorded first) do not enter the findings.
+        _quality_run(store, mixer="attention", seq_len=64, lr=1e-3, accuracy=0.1, suite="other")
+        _quality_run(store, mixer="mamba", seq_len=256, lr=1e-4, accuracy=0.05, fingerprint="0" * 16)
+        _quality_run(store, mixer="attention", seq_len=256, lr=1e-5, accuracy=1.0, fingerprint="e" * 16)
+        for mixer, accuracies in (("attention", (0.99, 0.98)), ("mamba", (0.8, 0.4))):
+            for seq_len, accuracy in zip((64, 128), accuracies, strict=True):
+                _quality_run(store, mixer=mixer, seq_len=seq_len, lr=1e-3, accuracy=accuracy)
+                _quality_run(store, mixer=mixer, seq_len=seq_len, lr=1e-2, accuracy=accuracy - 0.1)
+        _quality_run(store, mixer="mamba", seq_len=256, lr=1e-3, accuracy=None)
+        _quality_run(store, mixer="attention", seq_len=256, lr=1e-3, accuracy=0.97)
+        md_path, html_path = write_report(store, tmp_path / "out", suites=[path])
+        sections = build_sections([], store.runs(), None, [suite])
+    md = md_path.read_text()
+    titles = [s.title for s in sections]
+    assert titles.index("Findings") < titles.index("Recall vs length") < titles.index("Quality leaderboard")
+    assert "Nothing here" not in titles  # no data: no section
+    assert "Claim: Attention recalls at every length; recurrent models fall off as L grows." in md
+    assert "| mixer \\\\ task.seq_len | 64 | 128 | 256 |" in md
+    assert "| attention | 0.99 | 0.98 | 0.97 |" in md
+    assert "| mamba | 0.8 | 0.4 | failed |" in md
+    assert "2 cell(s) trained on older data of the same task settings" in md
+    finding_plots = [b for s in sections for b in s.blocks if isinstance(b, Plot) and b.name.startswith("finding-")]
+    assert {p.name for p in finding_plots} == {"finding-fsuite-recall-vs-length", "finding-fsuite-recall-vs-state-size"}
+    assert (md_path.parent / "figures" / "finding-fsuite-recall-vs-length.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "| mixer, model.d_model \\\\ state_floats | 1,024 |" in md
+    assert "| attention, model.d_model=64 | 0.99 |" in md  # the best over the seq_len cells folded into one point
+    assert "the best over the cells that differ in other settings" in md
+    assert "Recall vs length" in html_path.read_text()
+
+
+def test_findings_of_shipped_suites_named_in_the_store_are_found(tmp_path: Path, monkeypatch) -> None:
+    from longseq.bench import quality
+
+    suite, _ = _finding_suite(tmp_path)
+    real_load = quality.load_suite
+    monkeypatch.setattr(quality, "load_suite", lambda name: suite if name == "fsuite" else real_load(name))
+    with ResultsStore(tmp_path / "r.db") as store:
+        _quality_run(store, mixer="attention", seq_len=64, lr=1e-3, accuracy=0.9)
+        _quality_run(store, mixer="attention", seq_len=64, lr=1e-3, accuracy=0.9, suite="not-a-shipped-suite")
+        md = write_report(store, tmp_path / "out")[0].read_text()
+    assert "## Findings" in md and "### Recall vs length" in md

@@ -20,11 +20,22 @@ Training settings merge suite ``train`` < the task's own ``train`` < grid values
 ``cell_key``: the first 16 hex digits of the SHA-256 of the canonical JSON of ``{"suite": name, "task": the
 task's name and parameters as given, "mixer": layer pattern, "config": the fully resolved config}``, where the
 resolved config is the task's ``describe()``, the ``ModelConfig`` dump and the ``TrainConfig`` dump (defaults
-filled in, ``lr`` included) without ``out_dir`` and ``time_budget_s``. So the key changes exactly when the
-experiment does, and a re-run skips every run whose key has a completed row (``ResultsStore.finished_cell``).
+filled in, ``lr`` included) without ``out_dir`` and ``time_budget_s``, plus ``"data_fingerprint"``: the
+fingerprint of the data the task generates (``longseq.tasks.fingerprint``). So the key changes exactly when the
+experiment does -- including when a generator's output changes under the same parameters -- and a re-run skips
+every run whose key has a completed row (``ResultsStore.finished_cell``): a finished run with another
+fingerprint is not finished for the current data, and the new run gets its own folder.
 A run stopped by its time budget is completed too: re-run it with a new store (or suite name) to give it more
 time. Run directories are ``<out_root>/<suite>/<cell_key>`` (default out_root: ``quality/`` beside the store);
 an interrupted run resumes from its last checkpoint there.
+
+**Kills.** A call killed outright (SIGKILL, power loss) leaves the store consistent: every row is written in its
+own committed SQLite transaction and checkpoints are written atomically. The next call skips the completed runs
+and re-runs the others: a run with a checkpoint resumes from it (continuing its row), and rows a dead call left
+``running`` are first closed ``interrupted`` (with the steps and wall time its ``metrics.jsonl`` reached), so no
+row stays ``running`` forever; a run killed after its final checkpoint but before its row was closed is closed
+``completed`` from that checkpoint (``run_experiment``). One call per store and suite at a time: a call takes
+the ``running`` rows of its runs for the leftovers of a dead one.
 
 **Budget.** The suite's ``budget_s`` (or the caller's override) is the wall time of the whole call. Before
 each run the time left is split evenly over the runs left: ``TrainConfig.time_budget_s = left / runs left``,
@@ -58,6 +69,7 @@ from longseq.mixers.registry import hyper_names
 from longseq.models.config import ModelConfig, parse_layer_unit
 from longseq.results.store import ResultsStore
 from longseq.tasks import available_tasks
+from longseq.tasks.fingerprint import data_fingerprint
 from longseq.train.config import TrainConfig
 from longseq.train.experiment import ExperimentConfig, TaskSpec, run_experiment
 from longseq.train.trainer import latest_checkpoint
@@ -183,6 +195,76 @@ class SuiteTask(BaseModel):
         return TaskSpec(name=self.name, params=dict(self.params))
 
 
+RUN_AXES = ("mixer", "state_floats", "n_params", "wall_time_s", "tokens_per_s", "steps")
+"""Run columns a finding may use as an axis or grouping, besides dotted config paths (``task.seq_len``,
+``model.d_model``, ``train.batch_size``, ``model.mixer_hypers.mamba.d_state``)."""
+_CONFIG_AXIS_PREFIXES = ("task.", "model.", "train.")
+
+
+def _check_axis(axis: str) -> str:
+    if axis in RUN_AXES or (axis.startswith(_CONFIG_AXIS_PREFIXES) and axis.partition(".")[2]):
+        return axis
+    raise ValueError(
+        f"axis {axis!r}: allowed {', '.join(RUN_AXES)}, or a config path task.<param>, model.<field> or "
+        "train.<field>"
+    )
+
+
+class Finding(BaseModel):
+    """A paper's claim and the table (and plot) that checks it, built by ``longseq report`` from the completed
+    runs of the suite that declares it (YAML: a list under ``findings:``).
+
+    ``x``: the horizontal axis; ``y``: the metric (a key of the runs' metrics, default ``accuracy``), taken from
+    each cell's best run over learning rates; ``group``: one line (table row) per value of these keys (default
+    ``mixer``); ``where``: keep only runs whose axes have these values (e.g. ``{task.seq_len: 64}``). Axes and
+    keys are run columns (``RUN_AXES``) or config paths (``task.seq_len``, ``model.d_model``). Cells that differ
+    in anything else (e.g. ``d_model`` when neither an axis nor a group) are folded into their best value, and
+    the report says so. ``x_scale``: ``linear`` or ``log``; ``plot: false`` gives the table alone.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    title: str = Field(min_length=1)
+    claim: str = Field(min_length=1)
+    x: str
+    y: str = Field(default="accuracy", min_length=1)
+    group: list[str] = Field(default_factory=lambda: ["mixer"], min_length=1)
+    where: dict[str, Any] = Field(default_factory=dict)
+    x_scale: Literal["linear", "log"] = "linear"
+    plot: bool = True
+
+    @pydantic.field_validator("group", mode="before")
+    @classmethod
+    def _one_or_more(cls, group: Any) -> Any:
+        return [group] if isinstance(group, str) else group
+
+    @pydantic.field_validator("x")
+    @classmethod
+    def _x_axis(cls, x: str) -> str:
+        return _check_axis(x)
+
+    @pydantic.field_validator("group")
+    @classmethod
+    def _group_axes(cls, group: list[str]) -> list[str]:
+        for key in group:
+            _check_axis(key)
+        if len(set(group)) != len(group):
+            raise ValueError(f"lists a key twice: {group}")
+        return group
+
+    @pydantic.field_validator("where")
+    @classmethod
+    def _where_axes(cls, where: dict[str, Any]) -> dict[str, Any]:
+        for key in where:
+            _check_axis(key)
+        return where
+
+    @pydantic.model_validator(mode="after")
+    def _x_not_grouped(self) -> Finding:
+        if self.x in self.group:
+            raise ValueError(f"x={self.x!r} is also a group key; a line cannot be grouped by its own axis")
+        return self
+
+
 class QualitySuite(BaseModel):
     """A quality benchmark: tasks x mixers x grid, trained under ``budget_s`` seconds of wall time in total.
 
@@ -190,7 +272,8 @@ class QualitySuite(BaseModel):
     mixer that supports the causal self pattern (the tasks train causal LMs). ``model``: ModelConfig fields
     except ``vocab_size`` and ``layers`` (``mixer_hypers`` entries apply to the cells that use the mixer).
     ``train``: TrainConfig fields except ``out_dir`` and ``time_budget_s``. ``grid``: key -> values, see the
-    module docstring. Construction validates everything that does not depend on a cell; a cell that cannot be
+    module docstring. ``findings``: the paper claims the report checks on this suite's runs (``Finding``).
+    Construction validates everything that does not depend on a cell; a cell that cannot be
     built (e.g. ``4 * num_kv_pairs > seq_len``) is dropped at planning time with its reason.
     """
 
@@ -203,6 +286,7 @@ class QualitySuite(BaseModel):
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    findings: list[Finding] = Field(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -258,6 +342,9 @@ class QualitySuite(BaseModel):
                 raise ValueError(f"train.{key} is set by the quality runner for each run; remove it")
         for task in self.tasks:
             TrainConfig(**{**self.train, **task.train})  # base settings must be valid before any grid value
+        titles = [finding.title for finding in self.findings]
+        if len(set(titles)) != len(titles):
+            raise ValueError(f"findings repeat a title: {titles}")
         names = self.mixer_names
         for key, values in self.grid.items():
             if not values:
@@ -368,12 +455,14 @@ class Cell:
 @dataclass(frozen=True)
 class QualityRun:
     """One training run of a cell: its learning rate, its validated config (without ``out_dir`` and
-    ``time_budget_s``, which the runner sets) and its ``cell_key`` in the results store."""
+    ``time_budget_s``, which the runner sets), its ``cell_key`` in the results store and the fingerprint of its
+    task's data (``longseq.tasks.fingerprint``)."""
 
     cell: Cell
     lr: float
     config: ExperimentConfig
     key: str
+    fingerprint: str | None = None
 
     @property
     def label(self) -> str:
@@ -397,8 +486,12 @@ class QualityPlan:
         return list({run.cell.label: run.cell for run in self.runs}.values())
 
 
-def run_key(suite_name: str, task: TaskSpec, mixer: str, config: ExperimentConfig) -> str:
-    """The ``cell_key`` of one run (see the module docstring): 16 hex digits of a SHA-256."""
+def run_key(
+    suite_name: str, task: TaskSpec, mixer: str, config: ExperimentConfig, *, fingerprint: str | None = None
+) -> str:
+    """The ``cell_key`` of one run (see the module docstring): 16 hex digits of a SHA-256.
+
+    ``fingerprint``: the data fingerprint of ``config``'s task, computed when not given."""
     built = config.task.build()
     train = {k: v for k, v in config.train.to_json_dict().items() if k not in RUNNER_TRAIN_FIELDS}
     identity = {
@@ -410,6 +503,7 @@ def run_key(suite_name: str, task: TaskSpec, mixer: str, config: ExperimentConfi
             "model": config.model_config_for(built).model_dump(mode="json"),
             "train": train,
         },
+        "data_fingerprint": fingerprint if fingerprint is not None else data_fingerprint(built),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -479,6 +573,7 @@ def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) ->
     runs: list[QualityRun] = []
     dropped: list[tuple[Cell, str]] = []
     lrs: list[float | None] = list(suite.grid.get("lr", [None]))
+    fingerprints: dict[str, str] = {}  # one per distinct task in this plan
     for task in suite.tasks:
         for mixer in chosen:
             try:
@@ -496,8 +591,19 @@ def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) ->
                 except ValueError as error:
                     dropped.append((cell, describe_error(error)))
                     continue
+                built = configs[0].task.build()
+                task_id = json.dumps({"name": built.name, **built.describe()}, sort_keys=True, default=str)
+                if task_id not in fingerprints:
+                    fingerprints[task_id] = data_fingerprint(built)
+                fingerprint = fingerprints[task_id]
                 runs += [
-                    QualityRun(cell, config.train.lr, config, run_key(suite.name, cell.task, mixer, config))
+                    QualityRun(
+                        cell,
+                        config.train.lr,
+                        config,
+                        run_key(suite.name, cell.task, mixer, config, fingerprint=fingerprint),
+                        fingerprint,
+                    )
                     for config in configs
                 ]
     return QualityPlan(suite, runs, dropped)
@@ -542,6 +648,45 @@ def _check_budget(budget_s: float) -> float:
     return float(budget_s)
 
 
+def _progress_reached(out_dir: Path) -> tuple[int, float]:
+    """(steps, wall seconds) of the last line of a run folder's ``metrics.jsonl`` that has them; (0, 0.0)."""
+    steps, wall = 0, 0.0
+    try:
+        lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return steps, wall
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            steps = max(steps, record["step"])
+            if isinstance(record.get("elapsed_s"), int | float):
+                wall = max(wall, float(record["elapsed_s"]))
+    return steps, wall
+
+
+def _close_abandoned_runs(
+    store: ResultsStore, suite: str, todo: Sequence[QualityRun], root: Path, log: Callable[[str], None]
+) -> None:
+    """Close ``interrupted`` the rows of ``todo``'s runs still ``running``: their call died (see **Kills**)."""
+    keys = {run.key for run in todo}
+    for row in store.runs(suite=suite, status="running"):
+        if row["cell_key"] not in keys:
+            continue
+        steps, wall = _progress_reached(root / suite / row["cell_key"])
+        store.finish_run(
+            row["run_id"],
+            status="interrupted",
+            metrics={"stopped_by": "abandoned"},
+            wall_time_s=wall,
+            tokens_per_s=0.0,
+            steps=steps,
+        )
+        log(f"closed run {row['run_id']} ({row['cell_key']}) left running by a call that died: interrupted")
+
+
 def run_quality(
     *,
     suite: QualitySuite,
@@ -572,6 +717,7 @@ def run_quality(
         f"{skipped} already finished, {len(todo)} to run in {budget:.0f}s"
     )
     root = Path(out_root) if out_root is not None else store.path.parent / "quality"
+    _close_abandoned_runs(store, suite.name, todo, root, log)
     ran = 0
     failed: list[tuple[QualityRun, str]] = []
     out_of_budget: list[QualityRun] = []
@@ -597,6 +743,7 @@ def run_quality(
                 progress=progress,
                 suite=suite.name,
                 cell_key=run.key,
+                data_fingerprint=run.fingerprint,
             )
         except Exception as error:  # one broken run must not end the suite
             failed.append((run, describe_error(error)))
@@ -629,8 +776,16 @@ def run_quality(
 
 def leaderboard(store: ResultsStore, suite: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
     """The best completed run over learning rates of each cell (Zoology's protocol), ranked per task: see
-    ``longseq.bench.ranking.rank_runs`` for what a cell is and the row keys."""
-    return rank_runs(store.runs(suite=suite, task=task))
+    ``longseq.bench.ranking.rank_runs`` for what a cell is and the row keys. The data fingerprint is part of a
+    cell (cells with different fingerprints are ranked apart) but left out of ``setting``: each row carries it as
+    ``data_fingerprint``."""
+    runs = store.runs(suite=suite, task=task)
+    fingerprints = {run["run_id"]: (run.get("config") or {}).get("data_fingerprint") for run in runs}
+    rows = rank_runs(runs)
+    for row in rows:
+        row["setting"] = " ".join(t for t in row["setting"].split(" ") if not t.startswith("data_fingerprint="))
+        row["data_fingerprint"] = fingerprints.get(row["run_id"])
+    return rows
 
 
 def _cell_text(value: Any, digits: int = 4) -> str:
@@ -683,7 +838,9 @@ def format_leaderboard(rows: list[dict[str, Any]], *, title: str = "quality lead
 
 __all__ = [
     "ALL_MIXERS",
+    "RUN_AXES",
     "Cell",
+    "Finding",
     "QualityPlan",
     "QualityReport",
     "QualityRun",

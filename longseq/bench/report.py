@@ -1,11 +1,20 @@
 """The benchmark report: ``report.md`` (figures beside it as PNG files) and a self-contained ``report.html``; and
 the README's generated mixers table.
 
-Every section appears when the store has data for it and otherwise says so in one line. The HTML embeds its
-figures as ``data:`` URIs and its style inline, so it opens anywhere, offline, as a single file.
+A section (or a mode's subsection) appears only when the store has data for it; an empty store gives a report
+that says so in its introduction. The HTML embeds its figures as ``data:`` URIs and its style inline, so it opens
+anywhere, offline, as a single file.
 
 Quality runs are ranked by ``longseq.bench.ranking.rank_runs``: the best run over learning rates of each cell,
-by the run's primary metric.
+by the run's primary metric. A cell whose every run failed is listed as ``failed`` (``rank_quality_runs``), not
+dropped. Each run's config holds the fingerprint of its task's data (``longseq.tasks.fingerprint``); it is part
+of the cell, so cells of one task setting with different fingerprints are ranked apart (the leaderboard's
+``data`` column), and a finding uses only the newest fingerprint of each task setting.
+
+**Findings.** A suite may declare findings (``longseq.bench.quality.Finding``, YAML ``findings:``): a title, the
+paper's claim, and the axes of a table and plot built from the suite's runs (e.g. accuracy vs ``task.seq_len``
+per mixer, accuracy vs ``state_floats`` per mixer). The report shows the findings of the suites it is given, and
+by default those of the shipped suites whose names appear in the store. Accuracy axes are fixed to [0, 1].
 
 The README's table of mixers (name, description, patterns, modes, impls, complexity, state size) is generated from
 the registry (``mixers_table_markdown``) and written between two HTML comments (``update_mixers_table``, i.e.
@@ -18,13 +27,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import math
 import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # The object-oriented Figure with an explicit Agg canvas renders headless without pyplot, so importing this
 # module never switches the global matplotlib backend of the caller's process.
@@ -32,11 +43,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from longseq.bench.fit import CAB_BASELINE_NOTE, CAB_METHOD_NOTE, format_cab_length
-from longseq.bench.ranking import primary_metric, rank_runs
+from longseq.bench.ranking import cell_identity, lower_is_better, primary_metric, rank_runs
 from longseq.results.provenance import utc_now_iso
 from longseq.results.store import ResultsStore
 
 if TYPE_CHECKING:
+    from longseq.bench.quality import Finding, QualitySuite
     from longseq.mixers import MixerInfo
 
 TIME_MODES = ("fwd", "fwdbwd", "fwd_train", "prefill")
@@ -148,6 +160,31 @@ def _line_plot(series: dict[str, dict[int, float]], *, title: str, xlabel: str, 
     return _png(fig)
 
 
+def is_accuracy(metric: str) -> bool:
+    """Whether a metric is a fraction in [0, 1] whose axis is fixed to [0, 1]: accuracies and exact matches."""
+    name = metric.lower()
+    return not lower_is_better(name) and ("acc" in name or "match" in name)
+
+
+def _finding_plot(
+    series: dict[str, dict[float, float]], *, title: str, xlabel: str, ylabel: str, x_scale: str
+) -> bytes:
+    """Lines with markers, one per group; the y axis is [0, 1] for an accuracy."""
+    fig = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    for name, points in series.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", markersize=4, label=name, clip_on=False)
+    if x_scale == "log":
+        ax.set_xscale("log", base=2)
+    if is_accuracy(ylabel):
+        ax.set_ylim(0.0, 1.0)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
 def _scatter_plot(rows: list[dict], *, title: str) -> bytes:
     """Metric against recurrent state size (log x), one colour per mixer: Zoology's recall-memory plot."""
     fig = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
@@ -156,8 +193,11 @@ def _scatter_plot(rows: list[dict], *, title: str) -> bytes:
     for row in rows:
         by_mixer[row["mixer"]].append(row)
     for mixer, entries in sorted(by_mixer.items()):
-        ax.scatter([e["state_floats"] for e in entries], [e["value"] for e in entries], label=mixer, s=30)
+        ax.scatter([e["state_floats"] for e in entries], [e["value"] for e in entries], label=mixer, s=30,
+                   clip_on=False)
     ax.set_xscale("log")
+    if is_accuracy(rows[0]["metric"]):
+        ax.set_ylim(0.0, 1.0)
     ax.set(title=title, xlabel="state size (floats per sequence)", ylabel=rows[0]["metric"])
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
@@ -198,15 +238,12 @@ def _time_sections(ok_points: list[dict]) -> list[Section]:
     for mode in TIME_MODES:
         section = Section(f"Mode: {mode}", level=3)
         series = _series([p for p in ok_points if p["mode"] == mode], lambda p: p["median_s"])
-        if series:
-            png = _line_plot(series, title=f"{mode}: median time vs length", xlabel="sequence length", ylabel="s")
-            section.blocks += [Plot(f"time-{mode}", f"{mode} time vs length", png), _pivot(series, _ms, "ms")]
-        elif mode in _ON_REQUEST_MODES:
-            continue
-        else:
-            section.blocks.append(f"No data for mode {mode}.")
+        if not series:
+            continue  # no empty sections
+        png = _line_plot(series, title=f"{mode}: median time vs length", xlabel="sequence length", ylabel="s")
+        section.blocks += [Plot(f"time-{mode}", f"{mode} time vs length", png), _pivot(series, _ms, "ms")]
         sections.append(section)
-    return sections
+    return sections if len(sections) > 1 else []
 
 
 def _memory_sections(ok_points: list[dict]) -> list[Section]:
@@ -217,29 +254,25 @@ def _memory_sections(ok_points: list[dict]) -> list[Section]:
             png = _line_plot(series, title=f"{mode}: peak memory vs length", xlabel="sequence length", ylabel="MiB")
             plot = Plot(f"memory-{mode}", f"{mode} peak memory", png)
             sections.append(Section(f"Mode: {mode}", level=3, blocks=[plot, _pivot(series, _fmt, "MiB")]))
-    if len(sections) == 1:
-        sections[0].blocks.append("No data: no point recorded peak memory.")
-    return sections
+    return sections if len(sections) > 1 else []
 
 
-def _decode_section(ok_points: list[dict]) -> Section:
+def _decode_section(ok_points: list[dict]) -> Section | None:
     section = Section("Decode latency vs context length")
     series = _series([p for p in ok_points if p["mode"] == "decode"], lambda p: p["median_s"])
     if not series:
-        section.blocks.append("No data: no decode points.")
-        return section
+        return None
     png = _line_plot(series, title="decode: time per token vs context", xlabel="context length", ylabel="s / token")
     section.blocks += [Plot("decode", "decode latency per token", png), _pivot(series, _ms, "ms / token")]
     return section
 
 
-def _state_section(points: list[dict]) -> Section:
+def _state_section(points: list[dict]) -> Section | None:
     section = Section("State size vs context length")
     # State size is a property of the model at a length, not of the measurement: batch and dtype do not split it.
     series = _series(points, lambda p: p["state_floats"], dimensions=("pattern", "d_model"))
     if not series:
-        section.blocks.append("No data: no point recorded a state size.")
-        return section
+        return None
     png = _line_plot(series, title="state size vs context length", xlabel="context length", ylabel="floats")
     section.blocks += [
         "Floats of recurrent state (KV cache for attention) per sequence after the context.",
@@ -249,11 +282,10 @@ def _state_section(points: list[dict]) -> Section:
     return section
 
 
-def _efficiency_section(rows: list[dict] | None) -> Section:
+def _efficiency_section(rows: list[dict] | None) -> Section | None:
     section = Section("Efficiency length")
     if not rows:
-        section.blocks.append("No data: no efficiency lengths were computed.")
-        return section
+        return None
     section.blocks += [
         "Shortest length from which a mixer beats its baseline (time or memory). length: ours, each curve fitted "
         "over its own lengths, reported only inside the lengths measured.",
@@ -273,12 +305,11 @@ def _efficiency_section(rows: list[dict] | None) -> Section:
     return section
 
 
-def _failed_section(points: list[dict]) -> Section:
+def _failed_section(points: list[dict]) -> Section | None:
     section = Section("Skipped / failed points")
     failed = [p for p in points if p["status"] != "ok"]
     if not failed:
-        section.blocks.append("None: every point ran.")
-        return section
+        return None
     columns = ("label", "pattern", "mode", "seq_len", "batch", "status")
     rows = [[*(str(p[c]) for c in columns), _error_summary(p["error"])] for p in failed]
     section.blocks.append(Table([*columns, "error"], rows))
@@ -287,18 +318,88 @@ def _failed_section(points: list[dict]) -> Section:
 
 # ----- quality sections -----
 
+_FINGERPRINT_KEY = "data_fingerprint"
+_FAILED = "failed"
+
+
+def _cell_of(run: dict) -> str:
+    return json.dumps([run["task"], run["mixer"], cell_identity(run)], sort_keys=True, default=str)
+
+
+def _fingerprint_of(run: dict) -> str | None:
+    value = (run.get("config") or {}).get(_FINGERPRINT_KEY)
+    return value if isinstance(value, str) else None
+
+
+def rank_quality_runs(runs: list[dict]) -> list[dict]:
+    """``rank_runs`` rows plus one row per cell whose every run failed, and each row's data fingerprint.
+
+    A failed cell (no completed run with a primary metric, at least one ``failed`` run) gets ``failed=True``,
+    ``value``/``lr``/timings None, ``runs`` = its failed runs, the metric of its task's other rows (else
+    ``accuracy``) and comes last among its task setting. Every row gets ``data_fingerprint`` (None for runs
+    recorded without one); it is shown in its own column, so ``setting`` leaves it out.
+    """
+    scored = {_cell_of(r) for r in runs if r["status"] == "completed" and primary_metric(r["metrics"]) is not None}
+    metric_of_task: dict[str, str] = {}
+    for run in runs:
+        found = primary_metric(run["metrics"]) if run["status"] == "completed" else None
+        if found is not None:
+            metric_of_task.setdefault(run["task"], found[0])
+    proxies = []
+    for run in runs:
+        if run["status"] == "failed" and _cell_of(run) not in scored:
+            metric = metric_of_task.get(run["task"], "accuracy")
+            worst = math.inf if lower_is_better(metric) else -math.inf
+            proxies.append({**run, "status": "completed", "metrics": {"primary_metric": metric, metric: worst}})
+    proxy_ids = {run["run_id"] for run in proxies}
+    by_id = {run["run_id"]: run for run in runs}
+    rows = []
+    for row in rank_runs([*runs, *proxies]):
+        failed = row["run_id"] in proxy_ids and math.isinf(row["value"])
+        setting = " ".join(t for t in row["setting"].split(" ") if not t.startswith(f"{_FINGERPRINT_KEY}="))
+        row = {**row, "setting": setting, "failed": failed, _FINGERPRINT_KEY: _fingerprint_of(by_id[row["run_id"]])}
+        if failed:
+            row.update(value=None, lr=None, wall_time_s=None, tokens_per_s=None, stopped_by=None)
+        rows.append(row)
+    return rows
+
+
+def _short_fingerprint(value: str | None) -> str:
+    return value[:8] if value else _NONE
+
+
+def _task_setting_fingerprints(runs: list[dict]) -> dict[str, set[str]]:
+    """Task config (JSON) -> the distinct data fingerprints its runs were recorded with."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        fingerprint = _fingerprint_of(run)
+        if fingerprint is not None:
+            found[json.dumps((run["config"] or {}).get("task"), sort_keys=True, default=str)].add(fingerprint)
+    return found
+
 
 def _leaderboard_sections(runs: list[dict], ranked: list[dict]) -> list[Section]:
     section = Section("Quality leaderboard")
+    unscored = sum(1 for r in runs if r["status"] == "completed" and primary_metric(r["metrics"]) is None)
     if not ranked:
-        section.blocks.append("No data: no completed run has a primary metric.")
-        return [section]
+        if unscored:
+            section.blocks.append(f"{unscored} completed run(s) have no primary metric and are not ranked.")
+            return [section]
+        return []
     section.blocks.append("Best completed run per cell (task settings, mixer, size), over learning rates "
-                          "(runs = how many).")
+                          "(runs = how many). A cell whose every run failed shows best = failed.")
+    with_data = any(row[_FINGERPRINT_KEY] for row in ranked)
+    if with_data:
+        section.blocks.append("data: the fingerprint of the task's generated data; cells with different "
+                              "fingerprints were trained on different data and are ranked apart.")
+        mixed = sum(len(found) > 1 for found in _task_setting_fingerprints(runs).values())
+        if mixed:
+            section.blocks.append(f"{mixed} task setting(s) have runs with more than one data fingerprint: a "
+                                  "generator changed between those runs.")
     sections = [section]
     with_setting = any(row["setting"] for row in ranked)
-    headers = ["mixer", *(["setting"] if with_setting else []), "d_model", "metric", "best", "lr", "runs",
-               "n_params", "state_floats", "wall time (s)", "tokens/s"]
+    headers = ["mixer", *(["setting"] if with_setting else []), "d_model", *(["data"] if with_data else []),
+               "metric", "best", "lr", "runs", "n_params", "state_floats", "wall time (s)", "tokens/s"]
     by_task: dict[str, list[dict]] = defaultdict(list)
     for row in ranked:
         by_task[row["task"]].append(row)
@@ -308,8 +409,9 @@ def _leaderboard_sections(runs: list[dict], ranked: list[dict]) -> list[Section]
                 row["mixer"],
                 *([row["setting"]] if with_setting else []),
                 _fmt(row["d_model"]),
+                *([_short_fingerprint(row[_FINGERPRINT_KEY])] if with_data else []),
                 row["metric"],
-                _fmt(row["value"]),
+                _FAILED if row["failed"] else _fmt(row["value"]),
                 _fmt(row["lr"]),
                 str(row["runs"]),
                 _fmt(row["n_params"]),
@@ -320,30 +422,167 @@ def _leaderboard_sections(runs: list[dict], ranked: list[dict]) -> list[Section]
             for row in rows
         ]
         sections.append(Section(f"Task: {task}", level=3, blocks=[Table(headers, table)]))
-    unscored = sum(1 for r in runs if r["status"] == "completed" and primary_metric(r["metrics"]) is None)
     if unscored:
         section.blocks.append(f"{unscored} completed run(s) have no primary metric and are not ranked.")
     return sections
 
 
-def _recall_memory_section(ranked: list[dict]) -> Section:
+def _recall_memory_section(ranked: list[dict]) -> Section | None:
     section = Section("Accuracy vs state size")
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in ranked:
-        if row["state_floats"]:
+        if row["state_floats"] and not row["failed"]:
             groups[(row["task"], row["metric"])].append(row)
     for (task, metric), rows in sorted(groups.items()):
         png = _scatter_plot(rows, title=f"{task}: {metric} vs state size")
         section.blocks.append(Plot(f"quality-{_slug(task)}-{_slug(metric)}", f"{task}: {metric} vs state", png))
-    if not section.blocks:
-        section.blocks.append("No data: no completed run has both a primary metric and a state size.")
+    return section if section.blocks else None
+
+
+# ----- findings -----
+
+
+def axis_value(run: dict, axis: str) -> Any:
+    """A run's value on a finding's axis: a run column (``state_floats``, ``mixer``) or a dotted config path
+    (``task.seq_len``, ``model.mixer_hypers.mamba.d_state``); None when the run has none."""
+    if "." not in axis:
+        return run.get(axis)
+    value: Any = run.get("config") or {}
+    for part in axis.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _axis_text(value: Any) -> str:
+    return _fmt(value) if not isinstance(value, float) or not value.is_integer() else _fmt(int(value))
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    return (1, str(value))
+
+
+def _finding_cell(best: dict[tuple[str, Any], float | None], label: str, x: Any) -> str:
+    if (label, x) not in best:
+        return _NONE
+    value = best[(label, x)]
+    return _FAILED if value is None else _fmt(value)
+
+
+def _finding_section(suite: str, finding: Finding, runs: list[dict]) -> Section | None:
+    """The section of one finding, or None when no run of ``suite`` gives it a point."""
+    by_id = {run["run_id"]: run for run in runs}
+    # Per task setting, only the newest data fingerprint: results of another generator are not comparable.
+    newest: dict[str, tuple[str, str]] = {}
+    for run in runs:
+        fingerprint = _fingerprint_of(run)
+        if fingerprint is not None:
+            setting = json.dumps((run["config"] or {}).get("task"), sort_keys=True, default=str)
+            if setting not in newest or run["created_at"] > newest[setting][0]:
+                newest[setting] = (run["created_at"], fingerprint)
+    older = 0
+    points: dict[tuple[str, Any], list[tuple[float | None, dict]]] = defaultdict(list)
+    for row in rank_quality_runs(runs):
+        run = by_id[row["run_id"]]
+        if any(axis_value(run, key) != value for key, value in finding.where.items()):
+            continue
+        setting = json.dumps((run["config"] or {}).get("task"), sort_keys=True, default=str)
+        if setting in newest and _fingerprint_of(run) != newest[setting][1]:
+            older += 1
+            continue
+        x = axis_value(run, finding.x)
+        if x is None:
+            continue
+        if row["failed"]:
+            y = None
+        elif finding.y == row["metric"]:
+            y = row["value"]
+        else:
+            found = (run["metrics"] or {}).get(finding.y)
+            if isinstance(found, bool) or not isinstance(found, int | float):
+                continue
+            y = float(found)
+        label = ", ".join(
+            str(axis_value(run, key)) if key == "mixer" else f"{key}={_axis_text(axis_value(run, key))}"
+            for key in finding.group
+        )
+        points[(label, x)].append((y, row))
+    if not points:
+        return None
+    pick = min if lower_is_better(finding.y) else max
+    best: dict[tuple[str, Any], float | None] = {}
+    folded = False
+    for key, entries in points.items():
+        values = [y for y, _ in entries if y is not None]
+        best[key] = pick(values) if values else None
+        folded |= len(entries) > 1
+    labels = sorted({label for label, _ in best}, key=str)
+    xs = sorted({x for _, x in best}, key=_sort_key)
+    group_name = ", ".join(finding.group)
+    table = Table(
+        [f"{group_name} \\ {finding.x}", *(_axis_text(x) for x in xs)],
+        [
+            [label, *(_finding_cell(best, label, x) for x in xs)]
+            for label in labels
+        ],
+    )
+    section = Section(finding.title, level=3, blocks=[f"Claim: {finding.claim}"])
+    how = f"Suite {suite}: {finding.y} of each cell's best run over learning rates"
+    if folded:
+        how += ", the best over the cells that differ in other settings"
+    section.blocks.append(f"{how}, against {finding.x}, one line per {group_name}. failed: every run failed.")
+    numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+    if finding.plot and numeric:
+        series = {
+            label: {x: y for (name, x), y in best.items() if name == label and y is not None} for label in labels
+        }
+        series = {label: line for label, line in series.items() if line}
+        if series:
+            png = _finding_plot(series, title=finding.title, xlabel=finding.x, ylabel=finding.y,
+                                x_scale=finding.x_scale)
+            section.blocks.append(Plot(f"finding-{_slug(suite)}-{_slug(finding.title)}", finding.title, png))
+    section.blocks.append(table)
+    if older:
+        section.blocks.append(f"{older} cell(s) trained on older data of the same task settings (another data "
+                              "fingerprint) are left out.")
     return section
+
+
+def _findings_sections(runs: list[dict], suites: Sequence[QualitySuite]) -> list[Section]:
+    sections = []
+    for suite in suites:
+        suite_runs = [run for run in runs if run.get("suite") == suite.name]
+        for finding in suite.findings:
+            section = _finding_section(suite.name, finding, suite_runs)
+            if section is not None:
+                sections.append(section)
+    if not sections:
+        return []
+    intro = Section("Findings", blocks=["Claims of the papers, checked on the quality runs of the suites that "
+                                        "declare them."])
+    return [intro, *sections]
+
+
+def _suites_in_store(runs: list[dict]) -> list[QualitySuite]:
+    """The shipped suites whose names appear among ``runs`` (a suite given by path is not found by name)."""
+    from longseq.bench.quality import QualitySuiteError, load_suite
+
+    suites = []
+    for name in sorted({run["suite"] for run in runs if run.get("suite")}):
+        try:
+            suites.append(load_suite(name))
+        except QualitySuiteError:
+            continue
+    return suites
 
 
 # ----- provenance -----
 
 
-def _provenance_section(points: list[dict], runs: list[dict]) -> Section:
+def _provenance_section(points: list[dict], runs: list[dict]) -> Section | None:
     counts: Counter[tuple[str, ...]] = Counter()
     for source, rows in (("speed", points), ("runs", runs)):
         for row in rows:
@@ -362,8 +601,7 @@ def _provenance_section(points: list[dict], runs: list[dict]) -> Section:
             ] += 1
     section = Section("Provenance")
     if not counts:
-        section.blocks.append("No data: the store holds no results.")
-        return section
+        return None
     headers = ["source", "commit", "dirty", "torch", "cpu", "gpu", "threads", "rows"]
     section.blocks.append(Table(headers, [[*key, str(n)] for key, n in sorted(counts.items())]))
     return section
@@ -460,11 +698,17 @@ def _check_efficiency_rows(rows: list[dict] | None) -> None:
                 raise ReportError(f"efficiency_rows[{index}] {key}={length!r}; allowed: a number or None")
 
 
-def build_sections(points: list[dict], runs: list[dict], efficiency_rows: list[dict] | None) -> list[Section]:
-    """Every report section from one bench's speed points, all runs, and precomputed efficiency lengths."""
+def build_sections(
+    points: list[dict],
+    runs: list[dict],
+    efficiency_rows: list[dict] | None,
+    suites: Sequence[QualitySuite] = (),
+) -> list[Section]:
+    """The report's sections that have data, from one bench's speed points, all runs, precomputed efficiency
+    lengths and the suites whose findings to show."""
     ok_points = [p for p in points if p["status"] == "ok"]
-    ranked = rank_runs(runs)
-    return [
+    ranked = rank_quality_runs(runs)
+    sections = [
         _provenance_section(points, runs),
         *_time_sections(ok_points),
         *_memory_sections(ok_points),
@@ -472,9 +716,11 @@ def build_sections(points: list[dict], runs: list[dict], efficiency_rows: list[d
         _state_section(points),
         _efficiency_section(efficiency_rows),
         _failed_section(points),
+        *_findings_sections(runs, suites),
         *_leaderboard_sections(runs, ranked),
         _recall_memory_section(ranked),
     ]
+    return [section for section in sections if section is not None and section.blocks]
 
 
 def write_report(
@@ -483,6 +729,7 @@ def write_report(
     *,
     bench_id: str | None = None,
     efficiency_rows: list[dict] | None = None,
+    suites: Sequence[QualitySuite | str | Path] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``out_dir/report.md`` (+ ``out_dir/figures/*.png``) and ``out_dir/report.html``; return both paths.
 
@@ -490,6 +737,8 @@ def write_report(
     sections show every run. ``efficiency_rows`` are dicts with keys label, baseline, metric ("time" or
     "memory"), length (number or None), and optionally mode, note (e.g. "> 16384") and CAB's computation:
     cab_length (number or None), cab_extrapolated and cab_note, as ``longseq.bench.fit.efficiency_table`` gives.
+    ``suites``: the suites (objects, shipped names or YAML paths) whose findings to show; default: the shipped
+    suites named by the store's runs.
     """
     _check_efficiency_rows(efficiency_rows)
     chosen = bench_id if bench_id is not None else store.latest_bench_id()
@@ -499,7 +748,13 @@ def write_report(
             f"bench_id={bench_id!r} has no speed points in {store.path}; latest is {store.latest_bench_id()!r}"
         )
     runs = store.runs()
-    sections = build_sections(points, runs, efficiency_rows)
+    if suites is None:
+        chosen_suites = _suites_in_store(runs)
+    else:
+        from longseq.bench.quality import QualitySuite, load_suite
+
+        chosen_suites = [s if isinstance(s, QualitySuite) else load_suite(s) for s in suites]
+    sections = build_sections(points, runs, efficiency_rows, chosen_suites)
 
     title = "longseq report"
     intro = [
@@ -507,6 +762,8 @@ def write_report(
         f"Speed: bench {chosen} ({len(points)} points)." if chosen else "Speed: no bench in the store.",
         f"Quality: {len(runs)} runs.",
     ]
+    if not sections:
+        intro.append("The store holds no results: there is nothing to report.")
     out_dir = Path(out_dir)
     figures_dir = out_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from longseq.models import CausalLM, ModelConfig
 from longseq.results import ResultsStore
+from longseq.results.store import ResultsStoreError
 from longseq.tasks import Task, build_task
+from longseq.tasks.fingerprint import data_fingerprint
 from longseq.train.config import TrainConfig
 from longseq.train.events import TrainResult
 from longseq.train.recorder import StoreRecorder
@@ -74,11 +76,16 @@ def default_out_dir(task: str, mixer: str) -> Path:
 
 def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = None, resume: bool = False,
                    command: str | None = None, progress: bool = True, suite: str | None = None,
-                   cell_key: str | None = None) -> TrainResult:
+                   cell_key: str | None = None, data_fingerprint: str | None = None) -> TrainResult:
     """Build the task and a CausalLM and train; with a ``store``, record the run (with its state size) there.
 
     ``command`` (the provenance's), ``suite`` and ``cell_key`` (the quality cell) go to the store's row; see
-    ``longseq.train.recorder.StoreRecorder``.
+    ``longseq.train.recorder.StoreRecorder``. The row's config holds the task's ``describe()``, the model config
+    and, as ``data_fingerprint``, the fingerprint of the task's data (``longseq.tasks.fingerprint``; computed here
+    unless the caller passes it).
+
+    A resumed run whose final checkpoint was written but whose row is still ``running`` (the process was killed
+    between the two) is closed ``completed`` from the checkpoint's result, so the store agrees with the folder.
     """
     task = config.task.build()
     model_cfg = config.model_config_for(task)
@@ -87,14 +94,32 @@ def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = Non
     model_data = model_cfg.model_dump()
     recorder = None
     if store is not None:
+        fingerprint = data_fingerprint if data_fingerprint is not None else _fingerprint(task)
         recorder = StoreRecorder(
             store,
             mixer=model_cfg.layers,
-            config={"task": task.describe(), "model": model_data},
+            config={"task": task.describe(), "model": model_data, "data_fingerprint": fingerprint},
             state_floats=model.state_size(task.seq_len),
             suite=suite,
             cell_key=cell_key,
             command=command,
         )
     trainer = Trainer(model, task, config.train, observer=recorder, model_config=model_data, progress=progress)
-    return trainer.train(resume=resume)
+    result = trainer.train(resume=resume)
+    if recorder is not None and resume and result.run_id is not None:
+        _close_if_left_running(recorder, result)
+    return result
+
+
+def _fingerprint(task: Task) -> str:
+    return data_fingerprint(task)
+
+
+def _close_if_left_running(recorder: StoreRecorder, result: TrainResult) -> None:
+    """Close the row of a run the trainer found finished in its folder but the store still has ``running``."""
+    try:
+        row = recorder.store.get_run(result.run_id)
+    except ResultsStoreError:
+        return  # a folder finished for another store: the caller decides what to do
+    if row["status"] == "running" and result.metrics:
+        recorder.on_end("completed", result)
