@@ -82,3 +82,21 @@ def test_a_run_killed_after_its_final_checkpoint_is_closed_by_the_resume(tmp_pat
     assert again.run_id == first.run_id == row["run_id"]
     assert (row["status"], row["steps"]) == ("completed", 8)
     assert row["metrics"]["accuracy"] == first.metrics["accuracy"] and row["metrics"]["stopped_by"] == "steps"
+
+
+def test_a_task_with_another_metric_is_ranked_by_it(tmp_path):
+    """passkey scores exact_match: the run's row names it as its primary metric, so the leaderboard ranks it."""
+    from longseq.bench.quality import leaderboard
+    from longseq.results import ResultsStore
+    from longseq.train.experiment import ExperimentConfig, TaskSpec, run_experiment
+
+    store = ResultsStore(tmp_path / "r.db")
+    config = ExperimentConfig(
+        task=TaskSpec(name="passkey", params={"seq_len": 64, "num_train": 64, "num_test": 8}),
+        model={"d_model": 16, "n_layers": 1, "mixer_hypers": {"attention": {"n_heads": 2}}},
+        train={"steps": 2, "batch_size": 4, "eval_every": 2, "out_dir": str(tmp_path / "run"), "threads": 1},
+    )
+    run_experiment(config, store=store, progress=False)
+    (run,) = store.runs()
+    assert run["metrics"]["primary_metric"] == "exact_match"
+    assert [row["metric"] for row in leaderboard(store)] == ["exact_match"]

@@ -103,6 +103,7 @@ def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = Non
             suite=suite,
             cell_key=cell_key,
             command=command,
+            primary_metric=task.metric_name,
         )
     trainer = Trainer(model, task, config.train, observer=recorder, model_config=model_data, progress=progress)
     result = trainer.train(resume=resume)

@@ -24,7 +24,8 @@ class StoreRecorder:
     ``mixer``: the mixer or layer pattern the row names; ``config``: merged into the stored config beside
     ``"train"`` (e.g. ``{"task": ..., "model": ...}``); ``state_floats``: the model's recurrent state size;
     ``suite``/``cell_key``: the quality benchmark cell the run belongs to; ``command``: recorded in the provenance
-    (default: this process's command line).
+    (default: this process's command line); ``primary_metric``: the task's metric, stored with the metrics as the
+    one runs are ranked by (``longseq.bench.ranking``).
     """
 
     store: ResultsStore
@@ -34,6 +35,7 @@ class StoreRecorder:
     suite: str | None = None
     cell_key: str | None = None
     command: str | None = None
+    primary_metric: str = "accuracy"
 
     def __post_init__(self) -> None:
         if not isinstance(self.mixer, str) or not self.mixer:
@@ -63,7 +65,7 @@ class StoreRecorder:
         self.store.finish_run(
             result.run_id,
             status=status,
-            metrics=_run_metrics(result),
+            metrics={**_run_metrics(result), "primary_metric": self.primary_metric},
             wall_time_s=result.wall_time_s,
             tokens_per_s=result.tokens_per_s,
             steps=result.steps,
