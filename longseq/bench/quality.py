@@ -189,11 +189,17 @@ class SuiteTask(BaseModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    eval: list[dict[str, Any]] = Field(default_factory=list)
+    """Parameter overrides whose test splits every trained model is also scored on, e.g. ``[{seq_len: 512}]`` for
+    length extrapolation (``ExperimentConfig.extra_evals``); findings plot them with ``x: eval.<param>``."""
 
     @property
     def spec(self) -> TaskSpec:
         return TaskSpec(name=self.name, params=dict(self.params))
 
+
+EVAL_AXIS_PREFIX = "eval."
+"""A finding's x axis ``eval.<param>``: the value of a task parameter the trained model was scored at."""
 
 RUN_AXES = ("mixer", "state_floats", "n_params", "wall_time_s", "tokens_per_s", "steps")
 """Run columns a finding may use as an axis or grouping, besides dotted config paths (``task.seq_len``,
@@ -201,12 +207,16 @@ RUN_AXES = ("mixer", "state_floats", "n_params", "wall_time_s", "tokens_per_s", 
 _CONFIG_AXIS_PREFIXES = ("task.", "model.", "train.")
 
 
-def _check_axis(axis: str) -> str:
+def _check_axis(axis: str, *, evaluated: bool = False) -> str:
+    """``evaluated``: also allow ``eval.<param>`` (an x axis over a task parameter the trained model was scored at:
+    its training value and each of the suite task's ``eval`` overrides)."""
     if axis in RUN_AXES or (axis.startswith(_CONFIG_AXIS_PREFIXES) and axis.partition(".")[2]):
+        return axis
+    if evaluated and axis.startswith(EVAL_AXIS_PREFIX) and axis.partition(".")[2]:
         return axis
     raise ValueError(
         f"axis {axis!r}: allowed {', '.join(RUN_AXES)}, or a config path task.<param>, model.<field> or "
-        "train.<field>"
+        f"train.<field>{', or (x only) eval.<param>' if evaluated else ''}"
     )
 
 
@@ -240,7 +250,7 @@ class Finding(BaseModel):
     @pydantic.field_validator("x")
     @classmethod
     def _x_axis(cls, x: str) -> str:
-        return _check_axis(x)
+        return _check_axis(x, evaluated=True)
 
     @pydantic.field_validator("group")
     @classmethod
@@ -505,6 +515,8 @@ def run_key(
         },
         "data_fingerprint": fingerprint if fingerprint is not None else data_fingerprint(built),
     }
+    if config.extra_evals:  # only then: the keys of suites without them stay what they were
+        identity["extra_evals"] = config.extra_evals
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -540,7 +552,8 @@ def _cell_config(suite: QualitySuite, task: SuiteTask, mixer: str, settings: dic
     model["layers"] = mixer
     if hypers:
         model["mixer_hypers"] = hypers
-    return {"task": {"name": task.name, "params": params}, "model": model, "train": train}
+    return {"task": {"name": task.name, "params": params}, "model": model, "train": train,
+            "extra_evals": [dict(override) for override in task.eval]}
 
 
 def _validated_run_config(data: dict[str, Any], lr: float | None) -> ExperimentConfig:
@@ -553,7 +566,7 @@ def _validated_run_config(data: dict[str, Any], lr: float | None) -> ExperimentC
         # The tasks train causal LMs; ModelConfig only checks that the mixer builds in some pattern.
         with torch.device("meta"):
             model.build_mixer(name, Pattern.CAUSAL_SELF)
-    return ExperimentConfig(task=spec, model=data["model"], train=train)
+    return ExperimentConfig(task=spec, model=data["model"], train=train, extra_evals=data.get("extra_evals", []))
 
 
 def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) -> QualityPlan:

@@ -37,12 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 # The object-oriented Figure with an explicit Agg canvas renders headless without pyplot, so importing this
 # module never switches the global matplotlib backend of the caller's process.
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from longseq.bench.fit import CAB_BASELINE_NOTE, CAB_METHOD_NOTE, format_cab_length
+from longseq.bench.quality import EVAL_AXIS_PREFIX
 from longseq.bench.ranking import cell_identity, lower_is_better, primary_metric, rank_runs
 from longseq.results.provenance import utc_now_iso
 from longseq.results.store import ResultsStore
@@ -472,6 +475,41 @@ def _finding_cell(best: dict[tuple[str, Any], float | None], label: str, x: Any)
     return _FAILED if value is None else _fmt(value)
 
 
+def _metric_value(metrics: dict, key: str) -> float | None:
+    found = metrics.get(key)
+    return None if isinstance(found, bool) or not isinstance(found, int | float) else float(found)
+
+
+def _finding_points(finding: Finding, run: dict, row: dict) -> list[tuple[Any, float | None]]:
+    """The (x, y) points one ranked run gives a finding (y None: failed). An ``eval.<param>`` axis gives the
+    training value of the parameter with the run's own metric, and one point per extra evaluation recorded as
+    ``"<y>@<param>=<value>"`` (None where the model refused that setting)."""
+    metrics = run["metrics"] or {}
+    if finding.x.startswith(EVAL_AXIS_PREFIX):
+        param = finding.x.removeprefix(EVAL_AXIS_PREFIX)
+        trained_at = axis_value(run, f"task.{param}")
+        if trained_at is None:
+            return []
+        own = None if row["failed"] else (row["value"] if finding.y == row["metric"] else
+                                          _metric_value(metrics, finding.y))
+        points = [(trained_at, own)]
+        prefix = f"{finding.y}@{param}="
+        for key in metrics:
+            if key.startswith(prefix) and "," not in key:
+                value = yaml.safe_load(key.removeprefix(prefix))
+                points.append((value, None if row["failed"] else _metric_value(metrics, key)))
+        return points
+    x = axis_value(run, finding.x)
+    if x is None:
+        return []
+    if row["failed"]:
+        return [(x, None)]
+    if finding.y == row["metric"]:
+        return [(x, row["value"])]
+    y = _metric_value(metrics, finding.y)
+    return [] if y is None else [(x, y)]
+
+
 def _finding_section(suite: str, finding: Finding, runs: list[dict]) -> Section | None:
     """The section of one finding, or None when no run of ``suite`` gives it a point."""
     by_id = {run["run_id"]: run for run in runs}
@@ -493,23 +531,12 @@ def _finding_section(suite: str, finding: Finding, runs: list[dict]) -> Section 
         if setting in newest and _fingerprint_of(run) != newest[setting][1]:
             older += 1
             continue
-        x = axis_value(run, finding.x)
-        if x is None:
-            continue
-        if row["failed"]:
-            y = None
-        elif finding.y == row["metric"]:
-            y = row["value"]
-        else:
-            found = (run["metrics"] or {}).get(finding.y)
-            if isinstance(found, bool) or not isinstance(found, int | float):
-                continue
-            y = float(found)
         label = ", ".join(
             str(axis_value(run, key)) if key == "mixer" else f"{key}={_axis_text(axis_value(run, key))}"
             for key in finding.group
         )
-        points[(label, x)].append((y, row))
+        for x, y in _finding_points(finding, run, row):
+            points[(label, x)].append((y, row))
     if not points:
         return None
     pick = min if lower_is_better(finding.y) else max

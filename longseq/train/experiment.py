@@ -44,13 +44,23 @@ class ExperimentConfig(BaseModel):
     task: TaskSpec = Field(default_factory=TaskSpec)
     model: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig
+    extra_evals: list[dict[str, Any]] = Field(default_factory=list)
+    """Parameter overrides of ``task`` whose test splits the final model is also scored on (length
+    extrapolation: ``[{"seq_len": 512}, {"seq_len": 1024}]``), recorded as ``"<metric>@seq_len=512"``."""
 
     @pydantic.model_validator(mode="after")
     def _model_builds(self) -> ExperimentConfig:
         if "vocab_size" in self.model:
             raise ValueError("model.vocab_size is set by the task; remove it")
         self.model_config_for(self.task.build())
+        self.extra_eval_tasks()
         return self
+
+    def extra_eval_tasks(self) -> dict[str, Task]:
+        """name ("seq_len=512") -> the task rebuilt with that override; a bad override raises naming it."""
+        return {",".join(f"{k}={v}" for k, v in override.items()): build_task(self.task.name,
+                                                                            **{**self.task.params, **override})
+                for override in self.extra_evals}
 
     def model_config_for(self, task: Task) -> ModelConfig:
         return ModelConfig(vocab_size=task.vocab_size, **self.model)
@@ -105,7 +115,8 @@ def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = Non
             command=command,
             primary_metric=task.metric_name,
         )
-    trainer = Trainer(model, task, config.train, observer=recorder, model_config=model_data, progress=progress)
+    trainer = Trainer(model, task, config.train, observer=recorder, model_config=model_data, progress=progress,
+                      extra_evals=config.extra_eval_tasks())
     result = trainer.train(resume=resume)
     if recorder is not None and resume and result.run_id is not None:
         _close_if_left_running(recorder, result)

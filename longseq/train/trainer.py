@@ -27,7 +27,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,9 @@ class Trainer:
     moved there. Parameters marked with ``longseq.modules.optim.set_optim`` get their own lr and weight decay
     (see ``parameter_groups``).
 
-    observer: see ``TrainObserver``. model_config: JSON-able data saved in every checkpoint's config under
+    extra_evals: name -> another task (the same generator at other parameters, e.g. 2x-16x the training length),
+    on whose test split the final model is also scored (metrics ``"<metric>@<name>"``). observer: see
+    ``TrainObserver``. model_config: JSON-able data saved in every checkpoint's config under
     ``"model"``, so that a checkpoint says how to rebuild its model. ``progress=False`` disables the progress bar.
     """
 
@@ -248,6 +250,7 @@ class Trainer:
         observer: TrainObserver | None = None,
         model_config: dict[str, Any] | None = None,
         progress: bool = True,
+        extra_evals: Mapping[str, Task] | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -257,6 +260,7 @@ class Trainer:
         self.observer = observer
         self.model_config = dict(model_config or {})
         self.progress = progress
+        self.extra_evals = dict(extra_evals or {})
         first = next(iter(model.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None else torch.float32
@@ -320,8 +324,9 @@ class Trainer:
         with self._threads():
             return self._evaluate(split, num_examples)
 
-    def _evaluate(self, split: str, num_examples: int | None) -> dict[str, float]:
-        available = self.task.num_examples(split)
+    def _evaluate(self, split: str, num_examples: int | None, task: Task | None = None) -> dict[str, float]:
+        task = self.task if task is None else task
+        available = task.num_examples(split)
         count = available if num_examples is None else num_examples
         if not 1 <= count <= available:
             raise ValueError(f"num_examples={num_examples} for split {split!r}: allowed 1..{available}")
@@ -335,17 +340,30 @@ class Trainer:
             with torch.no_grad(), preserved_rng_state():
                 for start in range(0, count, batch_size):
                     indices = np.arange(start, min(count, start + batch_size))
-                    out = self._forward(*self.task.batch(split, indices))
-                    scores = self.task.score(out.predictions, out.targets, out.example_index, len(indices))
+                    out = self._forward(*task.batch(split, indices))
+                    scores = task.score(out.predictions, out.targets, out.example_index, len(indices))
                     metric_sum += torch.as_tensor(scores).to(device=self.device, dtype=torch.float64).sum()
                     loss_sum += out.loss.detach().double() * out.targets.numel()
                     supervised += out.targets.numel()
         finally:
             self.model.train(was_training)
         return {
-            self.task.metric_name: metric_sum.item() / count,
+            task.metric_name: metric_sum.item() / count,
             "loss": loss_sum.item() / supervised if supervised else math.nan,
         }
+
+    def _extra_metrics(self) -> dict[str, Any]:
+        """The final model on each of ``extra_evals``' test splits (e.g. the task at 2x-16x its training length):
+        ``{"<metric>@<name>": value}``; a task the model refuses (a sequence past a mixer's max_len) gets None and
+        ``"error@<name>"``: the refusal."""
+        metrics: dict[str, Any] = {}
+        for name, task in self.extra_evals.items():
+            try:
+                metrics[f"{task.metric_name}@{name}"] = self._evaluate("test", None, task)[task.metric_name]
+            except ValueError as error:  # SequenceTooLong and the other refusals are ValueErrors
+                metrics[f"{task.metric_name}@{name}"] = None
+                metrics[f"error@{name}"] = str(error)
+        return metrics
 
     # ----- setup -----
 
@@ -543,6 +561,8 @@ class Trainer:
         else:
             metrics = self.evaluate("test")
             self._record_eval(metrics, session_start, examples=None)
+        if self.extra_evals:
+            metrics = {**metrics, **self._extra_metrics()}
         state.final_metrics = metrics
         checkpoint = self._save(session_start) if self.config.out_dir is not None else None
         return self._result(state.wall_time_s + (time.perf_counter() - session_start), checkpoint)
