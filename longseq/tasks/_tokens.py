@@ -5,7 +5,6 @@ refusals, and the per-example random streams. Registers nothing.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from longseq.tasks.base import (
     TaskParameterError,
     check_indices,
     check_split,
+    constructor_params,
     example_rng,
     per_example_accuracy,
 )
@@ -61,8 +61,7 @@ class SyntheticTokenTask:
 
     def describe(self) -> dict[str, Any]:
         """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        params = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {"name": self.name, **{p: getattr(self, p) for p in params}}
+        return constructor_params(self)
 
 
 def docstring_example(module_doc: str) -> tuple[list[int], list[int]]:

@@ -198,6 +198,18 @@ def _validating(task_name: str, init: Callable[..., None]) -> Callable[..., None
     return wrapper
 
 
+def constructor_params(task: Any) -> dict[str, Any]:
+    """``{"name": task.name, <each constructor parameter>: its value on the task}``: the ``describe()`` of a task
+    that keeps every constructor parameter as an attribute of the same name, so ``build_task(**that)`` rebuilds it.
+    Tuples become lists (JSON has no tuples, and the validated parameter accepts either)."""
+    params = [p for p in inspect.signature(type(task).__init__).parameters if p != "self"]
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+    return {"name": task.name, **{p: plain(getattr(task, p)) for p in params}}
+
+
 def describe_annotation(annotation: Any) -> str:
     """A short human form of a parameter annotation, e.g. ``int > 0`` for ``Annotated[int, Field(gt=0)]``."""
     if get_origin(annotation) is Annotated:

@@ -54,6 +54,7 @@ from longseq.tasks.base import (
     TaskParameterError,
     check_indices,
     check_split,
+    constructor_params,
     example_rng,
     per_example_accuracy,
     register_task,
@@ -165,15 +166,4 @@ class JointRecall:
 
     def describe(self) -> dict[str, Any]:
         """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        return {
-            "name": self.name,
-            "min_contexts": self.min_contexts,
-            "max_contexts": self.max_contexts,
-            "min_keys": self.min_keys,
-            "max_keys": self.max_keys,
-            "num_values": self.num_values,
-            "vocab_size": self.vocab_size,
-            "num_train": self.num_train,
-            "num_test": self.num_test,
-            "seed": self.seed,
-        }
+        return constructor_params(self)

@@ -42,6 +42,7 @@ from longseq.tasks.base import (
     TaskParameterError,
     check_indices,
     check_split,
+    constructor_params,
     example_rng,
     per_example_accuracy,
     register_task,
@@ -154,17 +155,7 @@ class MQAR:
 
     def describe(self) -> dict[str, Any]:
         """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        return {
-            "name": self.name,
-            "vocab_size": self.vocab_size,
-            "seq_len": self.seq_len,
-            "num_kv_pairs": self.num_kv_pairs,
-            "num_train": self.num_train,
-            "num_test": self.num_test,
-            "power_a": self.power_a,
-            "random_non_queries": self.random_non_queries,
-            "seed": self.seed,
-        }
+        return constructor_params(self)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -330,12 +321,4 @@ class MQARMixture:
 
     def describe(self) -> dict[str, Any]:
         """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        return {
-            "name": self.name,
-            "vocab_size": self.vocab_size,
-            "train_configs": [list(c) for c in self.train_configs],
-            "test_configs": [list(c) for c in self.test_configs],
-            "power_a": self.power_a,
-            "random_non_queries": self.random_non_queries,
-            "seed": self.seed,
-        }
+        return constructor_params(self)

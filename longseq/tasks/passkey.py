@@ -54,6 +54,7 @@ from longseq.tasks.base import (
     TaskParameterError,
     check_indices,
     check_split,
+    constructor_params,
     example_rng,
     register_task,
 )
@@ -210,12 +211,4 @@ class Passkey:
 
     def describe(self) -> dict[str, Any]:
         """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        return {
-            "name": self.name,
-            "seq_len": self.seq_len,
-            "depth": self.depth,
-            "num_digits": self.num_digits,
-            "num_train": self.num_train,
-            "num_test": self.num_test,
-            "seed": self.seed,
-        }
+        return constructor_params(self)
