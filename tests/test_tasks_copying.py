@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import longseq.tasks.copying as module
-from longseq.tasks import IGNORE_INDEX, ExampleIndexError, Task, TaskParameterError, available_tasks, build_task
+from longseq.tasks import IGNORE_INDEX, Task, TaskParameterError, available_tasks, build_task
 from longseq.tasks._tokens import docstring_example, shortcut_accuracies
 from longseq.tasks.copying import Copying
 
@@ -77,24 +76,6 @@ def test_every_valid_combination_gives_a_well_formed_batch(vocab_size, num_token
 # Determinism, splits and lengths
 
 
-def test_examples_do_not_depend_on_batch_composition_or_order():
-    task = Copying()
-    inputs, labels = task.batch("train", [5, 3])
-    five, three = task.batch("train", [5]), task.batch("train", [3])
-    assert torch.equal(inputs, torch.cat([five[0], three[0]]))
-    assert torch.equal(labels, torch.cat([five[1], three[1]]))
-    rebuilt = Copying().batch("train", np.array([3, 5, 3]))
-    assert torch.equal(rebuilt[0], inputs[[1, 0, 1]])
-
-
-def test_train_and_test_streams_and_seeds_differ():
-    task = Copying()
-    train, test = task.batch("train", range(16))[0], task.batch("test", range(16))[0]
-    assert not torch.equal(train, test)
-    assert not torch.equal(train, Copying(seed=1).batch("train", range(16))[0])
-    assert not torch.equal(train[0], train[1])
-
-
 @pytest.mark.parametrize("factor", [2, 4, 16])
 def test_longer_delays_copy_the_same_symbols(factor):
     short, long = Copying(), Copying(seq_len=120 * factor)
@@ -124,16 +105,6 @@ def test_longer_delays_copy_the_same_symbols(factor):
 def test_invalid_parameters_are_refused_naming_the_values(params, message):
     with pytest.raises(TaskParameterError, match=message):
         Copying(**params)
-
-
-def test_bad_splits_and_indices_are_refused():
-    task = Copying(num_train=10, num_test=5)
-    with pytest.raises(ExampleIndexError, match=r"unknown split 'val'"):
-        task.batch("val", [0])
-    with pytest.raises(ExampleIndexError, match=r"index -1 is out of range"):
-        task.batch("test", [-1])
-    inputs, labels = task.batch("train", [])
-    assert inputs.shape == labels.shape == (0, 120)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import longseq.tasks.induction_heads as module
-from longseq.tasks import IGNORE_INDEX, ExampleIndexError, Task, TaskParameterError, available_tasks, build_task
+from longseq.tasks import IGNORE_INDEX, Task, TaskParameterError, available_tasks, build_task
 from longseq.tasks._tokens import docstring_example, shortcut_accuracies
 from longseq.tasks.induction_heads import InductionHeads
 
@@ -100,24 +99,6 @@ def test_trigger_position_is_uniform_over_its_range():
 # Determinism, splits and lengths
 
 
-def test_examples_do_not_depend_on_batch_composition_or_order():
-    task = InductionHeads(induction_len=2)
-    inputs, labels = task.batch("train", [5, 3])
-    five, three = task.batch("train", [5]), task.batch("train", [3])
-    assert torch.equal(inputs, torch.cat([five[0], three[0]]))
-    assert torch.equal(labels, torch.cat([five[1], three[1]]))
-    rebuilt = InductionHeads(induction_len=2).batch("train", np.array([3, 5, 3]))
-    assert torch.equal(rebuilt[0], inputs[[1, 0, 1]])
-
-
-def test_train_and_test_streams_and_seeds_differ():
-    task = InductionHeads()
-    train, test = task.batch("train", range(16))[0], task.batch("test", range(16))[0]
-    assert not torch.equal(train, test)
-    assert not torch.equal(train, InductionHeads(seed=1).batch("train", range(16))[0])
-    assert not torch.equal(train[0], train[1])
-
-
 @pytest.mark.parametrize("factor", [2, 4, 16])
 def test_extrapolation_lengths_are_well_formed_and_spread_the_trigger(factor):
     task = InductionHeads(seq_len=256 * factor)
@@ -147,16 +128,6 @@ def test_extrapolation_lengths_are_well_formed_and_spread_the_trigger(factor):
 def test_invalid_parameters_are_refused_naming_the_values(params, message):
     with pytest.raises(TaskParameterError, match=message):
         InductionHeads(**params)
-
-
-def test_bad_splits_and_indices_are_refused():
-    task = InductionHeads(num_train=10, num_test=5)
-    with pytest.raises(ExampleIndexError, match=r"unknown split 'dev'"):
-        task.batch("dev", [0])
-    with pytest.raises(ExampleIndexError, match=r"index 10 is out of range for split 'train'"):
-        task.batch("train", [10])
-    inputs, labels = task.batch("test", [])
-    assert inputs.shape == labels.shape == (0, 256)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""What every registered task promises, checked on each with its default parameters: an example is a function of
+(seed, split, index) only — not of the batch it is asked in, nor of its order — train and test streams differ,
+another seed gives other data, and ``describe()`` rebuilds an identical task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from longseq.tasks import ExampleIndexError, available_tasks, build_task
+
+TASKS = sorted(available_tasks())
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_examples_do_not_depend_on_batch_composition_or_order(name):
+    task = build_task(name)
+    inputs, labels = task.batch("train", [5, 3])
+    five, three = task.batch("train", [5]), task.batch("train", [3])
+    assert torch.equal(inputs, torch.cat([five[0], three[0]]))
+    assert torch.equal(labels, torch.cat([five[1], three[1]]))
+    rebuilt = build_task(name).batch("train", np.array([3, 5, 3]))
+    assert torch.equal(rebuilt[0], inputs[[1, 0, 1]]) and torch.equal(rebuilt[1], labels[[1, 0, 1]])
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_train_and_test_streams_and_seeds_differ(name):
+    task = build_task(name)
+    train, test = task.batch("train", range(16))[0], task.batch("test", range(16))[0]
+    assert not torch.equal(train, test)
+    assert not torch.equal(train, build_task(name, seed=1).batch("train", range(16))[0])
+    assert not torch.equal(train[0], train[1])
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_describe_rebuilds_an_identical_task(name):
+    task = build_task(name)
+    again = build_task(**task.describe())
+    assert again.describe() == task.describe()
+    assert all(torch.equal(a, b) for a, b in zip(task.batch("test", [0, 7]), again.batch("test", [0, 7]),
+                                                    strict=True))
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_bad_splits_and_indices_are_refused(name):
+    task = build_task(name)
+    with pytest.raises(ExampleIndexError, match=r"unknown split 'val'"):
+        task.batch("val", [0])
+    size = task.num_examples("test")
+    with pytest.raises(ExampleIndexError, match=rf"index {size} is out of range for split 'test'"):
+        task.batch("test", [size])
+    with pytest.raises(ExampleIndexError, match=r"index -1 is out of range"):
+        task.batch("train", [-1])
+    inputs, labels = task.batch("train", [])
+    assert inputs.shape == labels.shape == (0, task.seq_len)
