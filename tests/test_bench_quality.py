@@ -268,6 +268,21 @@ def test_runs_that_find_no_time_left_are_not_started(tmp_path, monkeypatch):
         assert (later.ran, later.skipped, budgets) == (1, 1, [100.0])
 
 
+def test_steps_split_trains_every_run_to_its_steps_and_keys_it_apart(tmp_path, monkeypatch):
+    clock, budgets = _FakeClock(), []
+    monkeypatch.setattr(quality, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(quality, "run_experiment", _fake_trainer(clock, [120.0, 1.0], budgets))
+    suite = tiny_suite(split="steps")
+    with ResultsStore(tmp_path / "results.db") as store:
+        report = run_quality(suite=suite, store=store, budget_s=100.0, log=lambda line: None)
+    # no time share reaches the trainer; the first run overran the whole budget, so the second did not start
+    assert budgets == [None] and report.ran == 1 and [run.lr for run in report.out_of_budget] == [3e-3]
+    by_time, by_steps = plan_quality(tiny_suite()), plan_quality(suite)
+    assert {run.key for run in by_time.runs}.isdisjoint(run.key for run in by_steps.runs)
+    with pytest.raises(QualitySuiteError, match="split"):
+        tiny_suite(split="tokens")
+
+
 def test_budget_override_must_be_positive():
     with pytest.raises(QualitySuiteError, match=r"budget_s=0: allowed a finite number of seconds > 0"):
         run_quality(suite=tiny_suite(), store=_null(), budget_s=0)

@@ -37,11 +37,19 @@ row stays ``running`` forever; a run killed after its final checkpoint but befor
 ``completed`` from that checkpoint (``run_experiment``). One call per store and suite at a time: a call takes
 the ``running`` rows of its runs for the leftovers of a dead one.
 
-**Budget.** The suite's ``budget_s`` (or the caller's override) is the wall time of the whole call. Before
-each run the time left is split evenly over the runs left: ``TrainConfig.time_budget_s = left / runs left``,
-so runs that stop early (target reached) hand their time to the rest. The final evaluation runs after a
-run's budget is spent, so a call can overrun by about one evaluation per run; runs that find no time left
-are not started and are reported as ``out_of_budget`` (a later call runs them).
+**Budget.** The suite's ``budget_s`` (or the caller's override) is the wall time of the whole call. How a run
+is bounded is the suite's ``split``:
+
+- ``time`` (default; equal wall time): before each run the time left is split evenly over the runs left,
+  ``TrainConfig.time_budget_s = left / runs left``, so runs that stop early (target reached) hand their time to
+  the rest. A slower mixer trains fewer steps: the comparison is at equal compute on this machine. The final
+  evaluation runs after a run's budget is spent, so a call can overrun by about one evaluation per run.
+- ``steps`` (equal steps, the papers' protocol): every run trains its ``steps`` (or stops at its target)
+  whatever its speed, so its result does not depend on the machine or its load; the budget only decides which
+  runs start, and a call can overrun by the length of its last run.
+
+Either way runs that find no time left are not started and are reported as ``out_of_budget`` (a later call
+runs them).
 """
 
 from __future__ import annotations
@@ -283,6 +291,8 @@ class QualitySuite(BaseModel):
     except ``vocab_size`` and ``layers`` (``mixer_hypers`` entries apply to the cells that use the mixer).
     ``train``: TrainConfig fields except ``out_dir`` and ``time_budget_s``. ``grid``: key -> values, see the
     module docstring. ``findings``: the paper claims the report checks on this suite's runs (``Finding``).
+    ``split``: ``"time"`` (the budget split evenly over the runs left) or ``"steps"`` (every run trains its
+    full ``steps``; the budget only decides which runs start); see the module docstring.
     Construction validates everything that does not depend on a cell; a cell that cannot be
     built (e.g. ``4 * num_kv_pairs > seq_len``) is dropped at planning time with its reason.
     """
@@ -297,6 +307,7 @@ class QualitySuite(BaseModel):
     train: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     findings: list[Finding] = Field(default_factory=list)
+    split: Literal["time", "steps"] = "time"
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -497,11 +508,18 @@ class QualityPlan:
 
 
 def run_key(
-    suite_name: str, task: TaskSpec, mixer: str, config: ExperimentConfig, *, fingerprint: str | None = None
+    suite_name: str,
+    task: TaskSpec,
+    mixer: str,
+    config: ExperimentConfig,
+    *,
+    fingerprint: str | None = None,
+    split: Literal["time", "steps"] = "time",
 ) -> str:
     """The ``cell_key`` of one run (see the module docstring): 16 hex digits of a SHA-256.
 
-    ``fingerprint``: the data fingerprint of ``config``'s task, computed when not given."""
+    ``fingerprint``: the data fingerprint of ``config``'s task, computed when not given. ``split``: the suite's
+    (a run bounded by its steps is another experiment than one bounded by a share of the time)."""
     built = config.task.build()
     train = {k: v for k, v in config.train.to_json_dict().items() if k not in RUNNER_TRAIN_FIELDS}
     identity = {
@@ -517,6 +535,8 @@ def run_key(
     }
     if config.extra_evals:  # only then: the keys of suites without them stay what they were
         identity["extra_evals"] = config.extra_evals
+    if split != "time":  # likewise
+        identity["split"] = split
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -614,7 +634,7 @@ def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) ->
                         cell,
                         config.train.lr,
                         config,
-                        run_key(suite.name, cell.task, mixer, config, fingerprint=fingerprint),
+                        run_key(suite.name, cell.task, mixer, config, fingerprint=fingerprint, split=suite.split),
                         fingerprint,
                     )
                     for config in configs
@@ -740,13 +760,14 @@ def run_quality(
             out_of_budget = todo[index:]
             log(f"budget of {budget:.0f}s spent: {len(out_of_budget)} runs not started (a later call runs them)")
             break
-        share = left / (len(todo) - index)
+        share = left / (len(todo) - index) if suite.split == "time" else None
         out_dir = root / suite.name / run.key
         resume = latest_checkpoint(out_dir) is not None
         config = run.config.model_copy(
             update={"train": run.config.train.model_copy(update={"out_dir": out_dir, "time_budget_s": share})}
         )
-        log(f"[{index + 1}/{len(todo)}] {run.label}: {share:.1f}s{' (resuming)' if resume else ''}")
+        bound = f"{share:.1f}s" if share is not None else f"{config.train.steps} steps"
+        log(f"[{index + 1}/{len(todo)}] {run.label}: {bound}{' (resuming)' if resume else ''}")
         try:
             result = run_experiment(
                 config,
