@@ -321,6 +321,9 @@ def report(
     bench_id: Annotated[str | None, typer.Option(help="Speed run to show (default: the latest).")] = None,
     import_published: Annotated[bool, typer.Option(help="Import benchmarks/results/*.jsonl first.")] = False,
     store: Annotated[Path | None, typer.Option(help="Results database.")] = None,
+    suite: Annotated[list[str] | None, typer.Option(
+        help="A suite (shipped name or YAML path) whose findings to show; repeatable. Default: the shipped suites "
+             "named by the store's runs.")] = None,
 ) -> None:
     """Write report.md and a self-contained report.html from the results store."""
     from longseq.bench.fit import efficiency_table
@@ -333,7 +336,7 @@ def report(
             console.print(f"imported {db.import_jsonl(path)} new rows from {path}")
     bench = bench_id or db.latest_bench_id()
     eff = efficiency_table(db.speed_points(bench_id=bench)) if bench else None
-    md, html = write_report(db, out, bench_id=bench, efficiency_rows=eff)
+    md, html = write_report(db, out, bench_id=bench, efficiency_rows=eff, suites=suite or None)
     console.print(f"report: {md}\nreport: {html}")
 
 

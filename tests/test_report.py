@@ -434,3 +434,22 @@ def test_findings_of_shipped_suites_named_in_the_store_are_found(tmp_path: Path,
         _quality_run(store, mixer="attention", seq_len=64, lr=1e-3, accuracy=0.9, suite="not-a-shipped-suite")
         md = write_report(store, tmp_path / "out")[0].read_text()
     assert "## Findings" in md and "### Recall vs length" in md
+
+
+def test_report_cli_shows_the_findings_of_a_suite_given_by_path(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from longseq.cli import app
+
+    _, path = _finding_suite(tmp_path)
+    with ResultsStore(tmp_path / "r.db") as store:
+        for mixer, accuracy in (("attention", 0.99), ("mamba", 0.5)):
+            _quality_run(store, mixer=mixer, seq_len=64, lr=1e-3, accuracy=accuracy)
+    args = ["report", "--store", str(tmp_path / "r.db"), "--out", str(tmp_path / "out")]
+    # fsuite is not shipped: found only when given by path
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert "Recall vs length" not in (tmp_path / "out" / "report.md").read_text()
+    assert CliRunner().invoke(app, [*args, "--suite", str(path)]).exit_code == 0
+    assert "| attention | 0.99 |" in (tmp_path / "out" / "report.md").read_text()
+    missing = CliRunner().invoke(app, [*args, "--suite", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code != 0 and "nope.yaml" in missing.output
