@@ -11,6 +11,7 @@ from longseq.mixers.base import Pattern
 from longseq.models.backbone import Backbone
 from longseq.models.config import ModelConfig
 from longseq.models.lm import LMOutput, cross_entropy, init_embedding
+from longseq.modules.aux_loss import collect_aux_losses
 
 
 class SequenceClassifier(nn.Module):
@@ -42,9 +43,11 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> LMOutput:
         """labels: (B,) class ids. Returns logits (B, C) and, with labels, loss and per-example predictions."""
-        logits = self.head(self.pool(self.backbone(self.embed(input_ids), mask=mask), mask))
+        with collect_aux_losses() as aux:
+            hidden = self.backbone(self.embed(input_ids), mask=mask)
+        logits = self.head(self.pool(hidden, mask))
         if labels is None:
-            return LMOutput(logits=logits)
+            return LMOutput(logits=logits, aux_loss=aux.total())
         return LMOutput(logits=logits, loss=cross_entropy(logits, labels),
                         predictions=logits.argmax(dim=-1), targets=labels,
-                        example_index=torch.arange(labels.shape[0], device=labels.device))
+                        example_index=torch.arange(labels.shape[0], device=labels.device), aux_loss=aux.total())

@@ -9,6 +9,7 @@ from longseq.mixers.base import Pattern
 from longseq.models.backbone import Backbone
 from longseq.models.config import ModelConfig
 from longseq.models.lm import LMOutput, autoregress, init_embedding, supervised_output
+from longseq.modules.aux_loss import collect_aux_losses
 
 
 class EncoderDecoder(nn.Module):
@@ -30,11 +31,12 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, src: Tensor, tgt: Tensor, labels: Tensor | None = None, *, src_mask: Tensor | None = None,
                 tgt_mask: Tensor | None = None) -> LMOutput:
-        memory = self.encode(src, src_mask)
-        hidden = self.decoder(self.embed(tgt), mask=tgt_mask, context=memory, context_mask=src_mask)
-        if labels is None:
-            return LMOutput(logits=self.head(hidden))
-        return supervised_output(hidden, labels, self.head)
+        with collect_aux_losses() as aux:
+            memory = self.encode(src, src_mask)
+            hidden = self.decoder(self.embed(tgt), mask=tgt_mask, context=memory, context_mask=src_mask)
+        out = LMOutput(logits=self.head(hidden)) if labels is None else supervised_output(hidden, labels, self.head)
+        out.aux_loss = aux.total()
+        return out
 
     @torch.no_grad()
     def generate(self, src: Tensor, bos: Tensor, max_new_tokens: int, *, src_mask: Tensor | None = None,

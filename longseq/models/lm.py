@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from longseq.mixers.base import Pattern
 from longseq.models.backbone import Backbone, BackboneState
 from longseq.models.config import ModelConfig
+from longseq.modules.aux_loss import collect_aux_losses
 
 IGNORE_INDEX = -100
 
@@ -18,13 +19,16 @@ IGNORE_INDEX = -100
 @dataclasses.dataclass
 class LMOutput:
     """With labels: loss (mean cross-entropy over supervised positions), logits (N, V) at those positions,
-    predictions/targets (N,), example_index (N,) = the batch row of each. Without: logits (B, L, V)."""
+    predictions/targets (N,), example_index (N,) = the batch row of each. Without: logits (B, L, V).
+    aux_loss: the sum of the auxiliary losses the modules added during a training forward
+    (``longseq.modules.aux_loss``), None when there were none; ``loss`` stays the task loss."""
 
     logits: Tensor
     loss: Tensor | None = None
     predictions: Tensor | None = None
     targets: Tensor | None = None
     example_index: Tensor | None = None
+    aux_loss: Tensor | None = None
 
 
 def init_embedding(embed: nn.Embedding) -> None:
@@ -62,10 +66,11 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> LMOutput:
         """input_ids: (B, L) int64; labels: (B, L) with -100 on unsupervised positions; mask: bool (B, L)."""
-        hidden = self.backbone(self.embed(input_ids), mask=mask)
-        if labels is None:
-            return LMOutput(logits=self.head(hidden))
-        return supervised_output(hidden, labels, self.head)
+        with collect_aux_losses() as aux:
+            hidden = self.backbone(self.embed(input_ids), mask=mask)
+        out = LMOutput(logits=self.head(hidden)) if labels is None else supervised_output(hidden, labels, self.head)
+        out.aux_loss = aux.total()
+        return out
 
     def state_size(self, seq_len: int) -> int:
         return self.backbone.state_size(seq_len)

@@ -202,7 +202,7 @@ class _Progress:
 
 
 class _Window:
-    """Sums of the training loss and gradient norm since the last log line, kept on the device.
+    """Sums of the training loss, auxiliary loss and gradient norm since the last log line, kept on the device.
 
     Accumulating on the device and reading once per log line avoids a host-device sync every step.
     """
@@ -210,18 +210,27 @@ class _Window:
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.aux_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.has_aux = False
         self.steps = 0
 
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, aux_loss: torch.Tensor | None) -> None:
         self.loss += loss
         self.grad_norm += grad_norm
+        if aux_loss is not None:
+            self.aux_loss += aux_loss
+            self.has_aux = True
         self.steps += 1
 
-    def pop(self) -> tuple[float, float, int]:
-        """(mean loss, mean gradient norm, steps) of the window, which then starts afresh."""
-        means = (self.loss.item() / self.steps, self.grad_norm.item() / self.steps, self.steps)
+    def pop(self) -> tuple[float, float, int, float | None]:
+        """(mean loss, mean gradient norm, steps, mean aux loss or None when the model has none) of the window,
+        which then starts afresh."""
+        aux = self.aux_loss.item() / self.steps if self.has_aux else None
+        means = (self.loss.item() / self.steps, self.grad_norm.item() / self.steps, self.steps, aux)
         self.loss.zero_()
         self.grad_norm.zero_()
+        self.aux_loss.zero_()
+        self.has_aux = False
         self.steps = 0
         return means
 
@@ -231,7 +240,9 @@ class Trainer:
 
     model: called as ``out = model(inputs, labels=labels)`` with ``inputs, labels: (B, L) int64``; ``out`` has
     ``loss`` (scalar mean cross-entropy over supervised positions), and ``predictions``, ``targets``,
-    ``example_index``: ``(N,)`` over the supervised positions. The model stays on its device; batches are
+    ``example_index``: ``(N,)`` over the supervised positions. An ``aux_loss`` on ``out`` (a scalar, or None; see
+    ``longseq.modules.aux_loss``) is added to the loss that training back-propagates and logged as ``aux_loss``;
+    ``loss`` (the logged train loss) and evaluation stay the task loss. The model stays on its device; batches are
     moved there. Parameters marked with ``longseq.modules.optim.set_optim`` get their own lr and weight decay
     (see ``parameter_groups``).
 
@@ -456,8 +467,9 @@ class Trainer:
             )
         return out
 
-    def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One update; returns the (device) loss and gradient norm before clipping, and the input token count."""
+    def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+        """One update; returns the (device) task loss, auxiliary loss (None without one) and gradient norm before
+        clipping, and the input token count."""
         config = self.config
         indices = batch_indices(
             seed=config.seed,
@@ -468,8 +480,9 @@ class Trainer:
         inputs, labels = self.task.batch("train", indices)
         self.model.train()
         out = self._forward(inputs, labels)
+        aux_loss = getattr(out, "aux_loss", None)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        (out.loss if aux_loss is None else out.loss + aux_loss).backward()
         if config.grad_clip is not None:
             grad_norm = nn.utils.clip_grad_norm_(self._trainable, config.grad_clip)
         else:
@@ -478,7 +491,8 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(torch.stack(norms))
         self.optimizer.step()
         self.scheduler.step()
-        return out.loss.detach(), grad_norm.detach(), inputs.numel()
+        aux_loss = None if aux_loss is None else aux_loss.detach()
+        return out.loss.detach(), aux_loss, grad_norm.detach(), inputs.numel()
 
     def _run_loop(self, session_start: float) -> None:
         config, state = self.config, self._state
@@ -488,10 +502,10 @@ class Trainer:
             while state.step < config.steps and not state.stopped_early:
                 started = time.perf_counter()
                 lr = self._scheduled_lr()
-                loss, grad_norm, tokens = self._train_step(state.step)
+                loss, aux_loss, grad_norm, tokens = self._train_step(state.step)
                 state.step += 1
                 state.tokens += tokens
-                window.add(loss, grad_norm)
+                window.add(loss, grad_norm, aux_loss)
                 final = state.step == config.steps
                 if not final and self._over_budget(session_start):
                     state.stopped_early = True
@@ -515,7 +529,8 @@ class Trainer:
         """``config.lr`` times the schedule's current factor: the lr of the groups without their own."""
         return self.config.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
-    def _log_train(self, lr: float, loss: float, grad_norm: float, steps: int, session_start: float) -> None:
+    def _log_train(self, lr: float, loss: float, grad_norm: float, steps: int, aux_loss: float | None,
+                   session_start: float) -> None:
         state = self._state
         if not math.isfinite(loss):
             raise TrainingDiverged(
@@ -528,6 +543,7 @@ class Trainer:
             step=state.step,
             lr=lr,
             loss=loss,
+            **({} if aux_loss is None else {"aux_loss": aux_loss}),
             grad_norm=grad_norm,
             tokens_per_s=self._tokens_per_s(),
             elapsed_s=self._elapsed(session_start),
