@@ -226,6 +226,31 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     return _on_packed(attend, q, k, v, valid)
 
 
+BlockAttend = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def chunked_attention(attend: BlockAttend, q: Tensor, k: Tensor, v: Tensor, *, chunk: int, causal: bool,
+                      valid: Tensor | None) -> Tensor:
+    """The sequence cut into chunks of ``chunk`` valid tokens (the last may be short), ``attend`` run on all chunks
+    at once: ``attend(q, k, v, visible)`` with q, k: (B, H, n, c, d), v: (B, H, n, c, dv) and visible: bool
+    (B, 1, n, c, c) (the key exists; j <= i inside the chunk when causal), c = min(chunk, L) -> (B, H, n, c, dv).
+    q, k: (B, H, L, d), v: (B, H, L, dv), valid: bool (B, L) or None -> (B, H, L, dv), 0 at masked positions."""
+    _check_span("chunked attention: chunk", chunk)
+
+    def attend_packed(q: Tensor, k: Tensor, v: Tensor, k_valid: Tensor | None) -> Tensor:
+        b, _, length, _ = q.shape
+        c = min(chunk, length)
+        n = -(-length // c)
+        exists = torch.ones(b, length, dtype=torch.bool, device=q.device) if k_valid is None else k_valid
+        visible = F.pad(exists, (0, n * c - length)).unflatten(1, (n, c))[:, None, :, None, :]  # (B, 1, n, 1, c)
+        if causal:
+            visible = visible & torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        out = attend(_blocks(q, n, c), _blocks(k, n, c), _blocks(v, n, c), visible)
+        return out.flatten(2, 3)[:, :, :length]
+
+    return _on_packed(attend_packed, q, k, v, valid)
+
+
 def block_local_attention(q: Tensor, k: Tensor, v: Tensor, *, chunk: int, causal: bool = True,
                           valid: Tensor | None = None, scale: float | None = None) -> Tensor:
     """Block-local softmax attention: the sequence cut into chunks of ``chunk`` valid tokens, one (c x c) attention
@@ -234,15 +259,7 @@ def block_local_attention(q: Tensor, k: Tensor, v: Tensor, *, chunk: int, causal
     _check_span("block_local_attention: chunk", chunk)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
-    def attend(q: Tensor, k: Tensor, v: Tensor, k_valid: Tensor | None) -> Tensor:
-        b, _, length, _ = q.shape
-        c = min(chunk, length)
-        n = -(-length // c)
-        exists = torch.ones(b, length, dtype=torch.bool, device=q.device) if k_valid is None else k_valid
-        visible = F.pad(exists, (0, n * c - length)).unflatten(1, (n, c))[:, None, :, None, :]  # (B, 1, n, 1, c)
-        if causal:
-            visible = visible & torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-        out = masked_softmax(_scores(_blocks(q, n, c), _blocks(k, n, c), scale), visible).to(v.dtype) @ _blocks(v, n, c)
-        return out.flatten(2, 3)[:, :, :length]
+    def attend(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
+        return masked_softmax(_scores(q, k, scale), visible).to(v.dtype) @ v
 
-    return _on_packed(attend, q, k, v, valid)
+    return chunked_attention(attend, q, k, v, chunk=chunk, causal=causal, valid=valid)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longseq.ops.attention import _blocks, _on_packed
+from longseq.ops.attention import chunked_attention
 from longseq.ops.masked_softmax import masked_softmax
 
 Kernel = Literal["softmax", "laplace", "relu2"]
@@ -133,19 +133,12 @@ def block_biased_attention(q: Tensor, k: Tensor, v: Tensor, *, chunk: int, causa
     _check_chunk(chunk)
     _check_block_bias(bias, chunk)
 
-    def attend(q: Tensor, k: Tensor, v: Tensor, k_valid: Tensor | None) -> Tensor:
-        b, _, length, _ = q.shape
-        c = min(chunk, length)
-        n = -(-length // c)
-        exists = torch.ones(b, length, dtype=torch.bool, device=q.device) if k_valid is None else k_valid
-        visible = F.pad(exists, (0, n * c - length)).unflatten(1, (n, c))[:, None, :, None, :]  # (B, 1, n, 1, c)
-        if causal:
-            visible = visible & torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-        out = biased_attention(_blocks(q, n, c), _blocks(k, n, c), _blocks(v, n, c), visible,
-                               bias=None if bias is None else bias[:c, :c], kernel=kernel, scale=scale)
-        return out.flatten(2, 3)[:, :, :length]
+    def attend(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
+        c = q.shape[-2]
+        return biased_attention(q, k, v, visible, bias=None if bias is None else bias[:c, :c], kernel=kernel,
+                                scale=scale)
 
-    return _on_packed(attend, q, k, v, valid)
+    return chunked_attention(attend, q, k, v, chunk=chunk, causal=causal, valid=valid)
 
 
 def block_biased_attention_ref(q: Tensor, k: Tensor, v: Tensor, *, chunk: int, causal: bool = True,
