@@ -202,8 +202,11 @@ def demo(
 @cli_errors
 def bench_quality(
     suite: Annotated[str | None, typer.Option(help="A shipped suite name or a YAML path (see --list).")] = None,
-    tasks: Annotated[str | None, typer.Option(help="Without --suite: task names, comma-separated.")] = None,
+    tasks: Annotated[str | None, typer.Option(
+        help="Task names, comma-separated: without --suite the tasks to train, with it a restriction.")] = None,
     mixers: Annotated[str | None, typer.Option(help="Mixers or layer patterns (restricts a suite).")] = None,
+    add_mixers: Annotated[str | None, typer.Option(
+        help="Mixers to train under a suite's exact protocol beside its own (their runs join its findings).")] = None,
     grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2 (repeatable), e.g. lr=1e-3,3e-3.")] = None,
     budget: Annotated[float | None, typer.Option(help="Wall-time budget in seconds (default: the suite's).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the shipped suites and exit.")] = False,
@@ -222,7 +225,13 @@ def bench_quality(
         raise ValueError("give --suite NAME (see --list) or --tasks with --mixers and --grid")
     if suite is not None:
         chosen = load_suite(suite)
+        if add_mixers:
+            chosen = chosen.with_mixers(split_specs(add_mixers))
+        if tasks:
+            chosen = chosen.with_tasks(split_specs(tasks))
     else:
+        if add_mixers:
+            raise ValueError("--add-mixers needs --suite")
         if not mixers:
             raise ValueError("--tasks needs --mixers")
         base = load_suite("mqar-tiny")

@@ -116,6 +116,25 @@ def test_plan_expands_tasks_x_mixers_x_grid_with_learning_rates_innermost(probe_
         plan_quality(suite, mixers=["mamba"])
 
 
+def test_a_new_mixer_joins_a_suite_under_its_protocol_and_tasks_restrict_it(probe_mixers):
+    suite = tiny_suite(tasks=[TINY_TASK, {"name": "associative_recall", "params": {"seq_len": 16}}])
+    joined = suite.with_mixers(["qprobe"])
+    # the suite's own runs keep their keys (same name and protocol); the new mixer's runs are added to them
+    own = {run.key for run in plan_quality(suite).runs}
+    assert own < {run.key for run in plan_quality(joined).runs}
+    assert {run.cell.mixer for run in plan_quality(joined, mixers=["qprobe"]).runs} == {"qprobe"}
+    with pytest.raises(QualitySuiteError, match=r"mixers \['attention'\] are already in suite 'unit'"):
+        suite.with_mixers(["attention"])
+    dropped = plan_quality(suite.with_mixers(["nosuch"]), mixers=["nosuch"]).dropped
+    assert len(dropped) == 2 and all("nosuch" in reason for _, reason in dropped)
+    only_mqar = suite.with_tasks(["mqar"])
+    assert {run.cell.task.name for run in plan_quality(only_mqar).runs} == {"mqar"}
+    assert {run.key for run in plan_quality(only_mqar).runs} < own
+    with pytest.raises(QualitySuiteError, match=r"tasks \['passkey'\] are not in suite 'unit'; it has: mqar, "
+                                                 r"associative_recall"):
+        suite.with_tasks(["passkey"])
+
+
 def test_run_keys_are_stable_and_follow_the_experiment():
     keys = [run.key for run in plan_quality(tiny_suite()).runs]
     assert keys == [run.key for run in plan_quality(tiny_suite()).runs]

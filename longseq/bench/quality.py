@@ -393,6 +393,25 @@ class QualitySuite(BaseModel):
         """A validated copy whose grid has ``grid``'s keys replaced (other keys kept)."""
         return QualitySuite(**{**self.model_dump(), "grid": {**self.grid, **grid}})
 
+    def with_mixers(self, extra: Sequence[str]) -> QualitySuite:
+        """A validated copy that also trains ``extra``: a new mixer under this suite's exact protocol (tasks, model,
+        training, grid and name), so that its runs join the suite's leaderboard and findings."""
+        covered = [m for m in extra if m in self.resolved_mixers()]
+        if covered:
+            raise QualitySuiteError(f"mixers {covered} are already in suite {self.name!r}")
+        return QualitySuite(**{**self.model_dump(), "mixers": [*self.resolved_mixers(), *extra]})
+
+    def with_tasks(self, names: Sequence[str]) -> QualitySuite:
+        """A validated copy restricted to the tasks named ``names`` (every task of the suite by that name)."""
+        present = [task.name for task in self.tasks]
+        outside = [name for name in names if name not in present]
+        if outside:
+            raise QualitySuiteError(
+                f"tasks {outside} are not in suite {self.name!r}; it has: {', '.join(dict.fromkeys(present))}"
+            )
+        return QualitySuite(**{**self.model_dump(), "tasks": [t for t in self.model_dump()["tasks"]
+                                                              if t["name"] in names]})
+
 
 def _check_train_value(key: str, value: Any) -> None:
     """Type and range of one TrainConfig field; checks across fields (warmup < steps) are left to the cells,

@@ -1,5 +1,5 @@
 """Attention over vector-quantised keys (Transformer-VQ, Lingle 2023): dense oracle, linear-time causal form,
-aggregated (non-causal, cross) form and the one-token update.
+aggregated (non-causal, cross) form, the one-token update, and LongVQ's non-causal form with a local window.
 
 Every key is a codebook row, k̂_j = C[z_j] (in value), so the keys of one code are equal and their softmax terms
 share one score: sum_{j: z_j=s} e^{q·k̂_j} v_j = e^{q·C_s + log n_s} m_s with n_s the count and m_s the mean value of
@@ -17,14 +17,21 @@ L x L matrix. Equal to dense causal softmax attention over the quantised keys fo
 **Aggregated form** (``code_aggregate`` + ``aggregate_attention``; ``vq_attention(causal=False)``): non-causal self
 and cross attention need no recent set: every valid key is aggregated by code, O(L·S·d).
 
+**Non-causal local form** (``vq_attention_local``, LongVQ, Liu et al. 2024; its oracle ``vq_attention_local_ref``):
+the two-sided counterpart of the causal form. A query in block b sees the keys of blocks b-1, b and b+1 individually,
+with an optional bias ``local_bias`` indexed by the offset i - j + 2W - 1 (-(2W-1) <= i - j <= 2W-1), and every
+other key of the sequence through the per-code aggregate of blocks <= b-2 and >= b+2, one joint softmax over both.
+The aggregate of each block is a prefix sum plus a suffix sum of per-block code histograms (sums, not a total minus
+the local blocks, so that no large sums cancel in float32): O(L·(3W + S)·d), never an L x L matrix.
+
 **Gradients** (the quantiser's straight-through estimator, k̂ = sg(C[z]) + k - sg(k), decides what reaches the keys):
-a recent key enters its score individually and gets the dense form's gradient. An aggregated code's key is
+a recent (or local) key enters its score individually and gets the dense form's gradient. An aggregated code's key is
 k̄_s = C_s + mean_{j: z_j = s}(k̂_j - sg(k̂_j)): exactly C_s in value (the added terms are exact zeros), and each of
 the code's keys receives 1/n_s of the gradient of the code's score. The dense form would give each key a share that
 depends on its own value v_j, which no aggregate can keep; sharing equally is the straight-through estimate through
 the aggregate, and it lets the keys learn in the patterns that have no recent set (Transformer-VQ's own cache scores
-use C and pass nothing to the keys). ``vq_attention_ref`` spells out exactly this gradient, so the fast forms are
-checked against it in values and in gradients w.r.t. every input.
+use C and pass nothing to the keys). ``vq_attention_ref`` and ``vq_attention_local_ref`` spell out exactly this
+gradient, so the fast forms are checked against them in values and in gradients w.r.t. every input.
 
 **Masks** follow ``ops/pack.py``: each row's valid tokens are packed to its front, so a block is W consecutive valid
 tokens, a masked token takes no slot, is never counted in a cache, and its output is 0; a query that sees no key
@@ -39,7 +46,8 @@ on [held tokens, chunk] (which starts at a block boundary) with the cache as the
 time is ``vq_attention_update``. Means are stored, not sums (the fold m ← (n·m + Σv) / n' keeps them O(|v|)).
 
 Shapes: q: (B, H, L, dk), k_hat: (B, H, L, dk), v: (B, H, L, dv), z: (B, H, L) int64 codes, codebook: (H, S, dk),
-valid: bool (B, L) or None, recent_bias: (2W,) or (H, 2W). ``scale`` multiplies q·k (default dk^-1/2).
+valid: bool (B, L) or None, recent_bias: (2W,) or (H, 2W), local_bias: (4W-1,) or (H, 4W-1). ``scale`` multiplies
+q·k (default dk^-1/2).
 """
 
 from __future__ import annotations
@@ -169,6 +177,17 @@ def _two_blocks_back(per_block: Tensor) -> Tensor:
     return F.pad(per_block.cumsum(dim=2), (0, 0) * (per_block.dim() - 3) + (2, 0))[:, :, :n]
 
 
+def _blocks(x: Tensor, n: int, w: int) -> Tensor:
+    """(B, H, Lc, ...) -> (B, H, n, W, ...), zero-padded at the end to n blocks of W."""
+    return F.pad(x, [0, 0] * (x.dim() - 3) + [0, n * w - x.shape[2]]).unflatten(2, (n, w))
+
+
+def _strips(x: Tensor, n: int, w: int, ahead: int) -> Tensor:
+    """(B, H, Lc, e) -> (B, H, n, (2 + ahead)·W, e): at block m, blocks m-1 .. m+ahead (zeros beyond the ends)."""
+    width = (2 + ahead) * w
+    return F.pad(x, (0, 0, w, (n + ahead) * w - x.shape[2])).unfold(2, width, w).transpose(-1, -2)
+
+
 def _state_to(state: VQCacheState, dtype: torch.dtype) -> VQCacheState:
     return state._replace(**{f: getattr(state, f).to(dtype) for f in ("counts", "keys", "values", "recent_k",
                                                                          "recent_v")})
@@ -236,7 +255,7 @@ def vq_attention_ref(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codebook: T
         raise ValueError(f"{fn}: the non-causal form aggregates every key; block_len and recent_bias are causal only")
     _check(block_len, recent_bias, fn)
     b, _, lq, dk = q.shape
-    lk, n_codes = k_hat.shape[2], codebook.shape[1]
+    lk = k_hat.shape[2]
     scale = dk ** -0.5 if scale is None else scale
     dtype = compute_dtype(q, k_hat, v)
     q, k_hat, v, codebook = q.to(dtype), k_hat.to(dtype), v.to(dtype), codebook.to(dtype)
@@ -253,18 +272,28 @@ def vq_attention_ref(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codebook: T
         rank = kv.long().cumsum(dim=1) - 1
         offset = rank[:, :, None] - rank[:, None, :]
         recent = visible & (rank[:, :, None] // block_len - rank[:, None, :] // block_len <= 1)
-    cached = (visible & ~recent).to(dtype)  # (B, Lq, Lk)
-    one_hot = F.one_hot(z, n_codes).to(dtype)  # (B, H, Lk, S)
+    bias = None if recent_bias is None else _bias_at(recent_bias.to(dtype), offset)
+    return _dense(q, k_hat, v, z, codebook, visible, recent, bias, scale)
+
+
+def _dense(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codebook: Tensor, visible: Tensor, individual: Tensor,
+           bias: Tensor | None, scale: float) -> Tensor:
+    """The oracles' explicit quadratic form (inputs already in the compute dtype). visible, individual: bool (B, Lq,
+    Lk): the keys each query sees, and those of them it scores individually (q·k̂_j, plus ``bias``: (B, Lq, Lk) or
+    (H, B, Lq, Lk), on those pairs only); every other visible key is aggregated, scored q·k̄ with k̄ = C[z_j] + the
+    mean of (k̂ - sg k̂) over the keys of code z_j that query i aggregates. -> (B, H, Lq, dv)."""
+    dtype = q.dtype
+    cached = (visible & ~individual).to(dtype)  # (B, Lq, Lk)
+    one_hot = F.one_hot(z, codebook.shape[1]).to(dtype)  # (B, H, Lk, S)
     counts = torch.einsum("bij,bhjs->bhis", cached, one_hot)
     key_sums = torch.einsum("bij,bhjs,bhjd->bhisd", cached, one_hot, k_hat - k_hat.detach())
     k_bar = codebook[None, :, None] + key_sums / counts.clamp(min=1)[..., None]  # (B, H, Lq, S, dk)
     k_cached = torch.einsum("bhjs,bhisd->bhijd", one_hot, k_bar)  # each aggregated key as query i sees it
-    scores = torch.where(recent[:, None], q @ k_hat.transpose(-1, -2),
+    scores = torch.where(individual[:, None], q @ k_hat.transpose(-1, -2),
                          torch.einsum("bhid,bhijd->bhij", q, k_cached)) * scale
-    if recent_bias is not None:
-        bias = _bias_at(recent_bias.to(dtype), offset)  # (B, Lq, Lk) or (H, B, Lq, Lk)
-        bias = bias[:, None] if recent_bias.dim() == 1 else bias.transpose(0, 1)
-        scores = scores + torch.where(recent[:, None], bias, 0.0)
+    if bias is not None:
+        bias = bias[:, None] if bias.dim() == 3 else bias.transpose(0, 1)
+        scores = scores + torch.where(individual[:, None], bias, 0.0)
     return masked_softmax(scores, visible[:, None]) @ v
 
 
@@ -294,13 +323,6 @@ def vq_attention_chunked(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codeboo
     length = r + t
     n = max(1, -(-length // w))
 
-    def blocks(x: Tensor) -> Tensor:  # (B, H, Lc, ...) -> (B, H, n, W, ...)
-        pad = [0, 0] * (x.dim() - 3) + [0, n * w - length]
-        return F.pad(x, pad).unflatten(2, (n, w))
-
-    def strips(x: Tensor) -> Tensor:  # (B, H, Lc, e) -> (B, H, n, 2W, e): blocks m-1 and m
-        return F.pad(x, (0, 0, w, n * w - length)).unfold(2, 2 * w, w).transpose(-1, -2)
-
     exists = torch.arange(n * w, device=q.device)[None, :] < count[:, None]  # (B, nW)
     key_ok = F.pad(exists, (w, 0)).unfold(1, 2 * w, w)  # (B, n, 2W)
     u, j = torch.arange(w, device=q.device)[:, None], torch.arange(2 * w, device=q.device)[None, :]
@@ -312,13 +334,13 @@ def vq_attention_chunked(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codeboo
 
     # The cache of block m: the initial aggregate plus blocks 0..m-2, from prefix sums of per-block sums.
     keep = exists.unflatten(1, (n, w))[:, None]  # (B, 1, n, W)
-    per_block = _sums(_one_hot(blocks(zc), n_codes, keep, dtype), blocks(kc), blocks(vc))
+    per_block = _sums(_one_hot(_blocks(zc, n, w), n_codes, keep, dtype), _blocks(kc, n, w), _blocks(vc, n, w))
     old = state.counts[:, :, None]
     initial = (old, old[..., None] * (state.keys - codebook)[:, :, None], old[..., None] * state.values[:, :, None])
     agg = _means(*(first + _two_blocks_back(s) for first, s in zip(initial, per_block, strict=True)),
                  codebook[None, :, None])
 
-    o = _attend(blocks(qc), strips(kc), strips(vc), visible_r, bias_r, agg, keep, scale)
+    o = _attend(_blocks(qc, n, w), _strips(kc, n, w, 0), _strips(vc, n, w, 0), visible_r, bias_r, agg, keep, scale)
     o = unpack(o.flatten(2, 3)[:, :, :length], combined, dim=2)[:, :, r:]
     final = _fold(state, kc, vc, zc, count, start, w, codebook[None, :]) if return_state else None
     return o, final
@@ -352,6 +374,74 @@ def vq_attention_update(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codebook
     (kc, vc, zc), _, count, start = _combine(state, valid[:, None], block_len, [
         (state.recent_k, k_hat[:, :, None]), (state.recent_v, v[:, :, None]), (state.recent_z, z[:, :, None])])
     return o, _fold(state, kc, vc, zc, count, start, block_len, codebook[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Non-causal with a local window (LongVQ)
+
+
+def _check_local_bias(block_len: int, local_bias: Tensor | None, fn: str) -> None:
+    if local_bias is not None and (local_bias.dim() > 2 or local_bias.shape[-1] != 4 * block_len - 1):
+        raise ValueError(f"{fn}: local_bias must have shape (4·block_len - 1,) or (H, 4·block_len - 1) = "
+                         f"(..., {4 * block_len - 1}), got {tuple(local_bias.shape)}")
+
+
+def vq_attention_local_ref(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codebook: Tensor, *, block_len: int,
+                           valid: Tensor | None = None, local_bias: Tensor | None = None,
+                           scale: float | None = None) -> Tensor:
+    """Oracle of ``vq_attention_local``: dense non-causal self attention over the quantised keys, an explicit (L x L)
+    form. Key j is local to query i when the blocks of their valid-token ranks differ by at most 1 (either way): it is
+    scored q·k̂_j + ``local_bias[rank_i - rank_j + 2W - 1]``; every other valid key is aggregated (k̄ as in
+    ``vq_attention_ref``, no bias). -> (B, H, L, dv), 0 at invalid queries."""
+    fn = "vq_attention_local_ref"
+    _check(block_len, None, fn)
+    _check_local_bias(block_len, local_bias, fn)
+    b, _, length, dk = q.shape
+    scale = dk ** -0.5 if scale is None else scale
+    dtype = compute_dtype(q, k_hat, v)
+    q, k_hat, v, codebook = q.to(dtype), k_hat.to(dtype), v.to(dtype), codebook.to(dtype)
+    valid = torch.ones(b, length, dtype=torch.bool, device=q.device) if valid is None else valid
+    visible = valid[:, :, None] & valid[:, None, :]
+    rank = valid.long().cumsum(dim=1) - 1
+    local = visible & ((rank[:, :, None] // block_len - rank[:, None, :] // block_len).abs() <= 1)
+    offset = rank[:, :, None] - rank[:, None, :] + 2 * block_len - 1
+    bias = None if local_bias is None else _bias_at(local_bias.to(dtype), offset)
+    return _dense(q, k_hat, v, z, codebook, visible, local, bias, scale)
+
+
+def vq_attention_local(q: Tensor, k_hat: Tensor, v: Tensor, z: Tensor, codebook: Tensor, *, block_len: int,
+                       valid: Tensor | None = None, local_bias: Tensor | None = None,
+                       scale: float | None = None) -> Tensor:
+    """Non-causal self attention over the quantised keys with a two-sided local window (module docstring): q, k_hat:
+    (B, H, L, dk), v: (B, H, L, dv), z: (B, H, L), codebook: (H, S, dk), valid: bool (B, L) or None, local_bias:
+    (4W-1,) or (H, 4W-1) at i - j + 2W - 1 -> (B, H, L, dv), 0 at invalid queries. O(L·(3W + S)·d)."""
+    fn = "vq_attention_local"
+    _check(block_len, None, fn)
+    _check_local_bias(block_len, local_bias, fn)
+    b, _, length, dk = q.shape
+    w, n_codes = block_len, codebook.shape[1]
+    scale = dk ** -0.5 if scale is None else scale
+    dtype = compute_dtype(q, k_hat, v)
+    q, k_hat, v, codebook = q.to(dtype), k_hat.to(dtype), v.to(dtype), codebook.to(dtype)
+    valid = torch.ones(b, length, dtype=torch.bool, device=q.device) if valid is None else valid
+    qp, kp, vp, zp = (pack(t, valid, dim=2) for t in (q, k_hat, v, z))  # block m = valid tokens mW .. mW + W - 1
+    n = max(1, -(-length // w))
+    exists = torch.arange(n * w, device=q.device)[None, :] < valid.sum(dim=1)[:, None]  # (B, nW)
+    visible_l = F.pad(exists, (w, w)).unfold(1, 3 * w, w)[:, None, :, None, :]  # (B, 1, n, 1, 3W)
+    bias_l = None
+    if local_bias is not None:  # query u of block m, key j of blocks m-1..m+1: i - j + 2W - 1 = u - j + 3W - 1
+        u, j = torch.arange(w, device=q.device)[:, None], torch.arange(3 * w, device=q.device)[None, :]
+        bias_l = _bias_at(local_bias.to(dtype), u - j + 3 * w - 1)  # (W, 3W) or (H, W, 3W)
+        bias_l = bias_l if local_bias.dim() == 1 else bias_l[:, None]
+
+    # The aggregate of block m: blocks 0..m-2 (a prefix sum) plus blocks m+2..n-1 (the same on the reversed blocks).
+    keep = exists.unflatten(1, (n, w))[:, None]  # (B, 1, n, W)
+    per_block = _sums(_one_hot(_blocks(zp, n, w), n_codes, keep, dtype), _blocks(kp, n, w), _blocks(vp, n, w))
+    agg = _means(*(_two_blocks_back(s) + _two_blocks_back(s.flip(2)).flip(2) for s in per_block),
+                 codebook[None, :, None])
+
+    o = _attend(_blocks(qp, n, w), _strips(kp, n, w, 1), _strips(vp, n, w, 1), visible_l, bias_l, agg, keep, scale)
+    return unpack(o.flatten(2, 3)[:, :, :length], valid, dim=2)
 
 
 # ----------------------------------------------------------------------------------------------------------

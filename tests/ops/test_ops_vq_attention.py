@@ -1,6 +1,7 @@
-"""Vector-quantised attention: the blockwise causal form, the aggregated form and the one-token update against the
-dense oracle (outputs, final states and gradients, float64), for any block length and length, with masks, empty rows
-and the recent bias; the oracle itself against plain softmax attention over the quantised keys."""
+"""Vector-quantised attention: the blockwise causal form, the aggregated form, the one-token update and LongVQ's
+non-causal local form against the dense oracles (outputs, final states and gradients, float64), for any block length
+and length, with masks, empty rows and the recent / local bias; the oracles themselves against plain softmax
+attention over the quantised keys (with a code per key, the local form is biased softmax attention)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import pytest
 import torch
 
 from longseq.ops.attention import softmax_attention_ref
+from longseq.ops.biased_attention import biased_attention_ref
 from longseq.ops.vq_attention import (
     aggregate_attention,
     code_aggregate,
     held,
     vq_attention,
     vq_attention_chunked,
+    vq_attention_local,
+    vq_attention_local_ref,
     vq_attention_ref,
     vq_attention_update,
 )
@@ -207,6 +211,77 @@ def test_cross_matches_dense_with_an_empty_memory_row():
     want = vq_attention_ref(q, k_hat, v, z, codebook, causal=False, q_valid=q_valid, k_valid=k_valid)
     assert_same_function(got, want, [q, k_hat, v])
     assert (got[1] == 0).all()
+
+
+# -- non-causal local form (LongVQ) ----------------------------------------------------------------------------------
+
+
+def _local_bias(kind: str, block_len: int, seed: int = 3) -> torch.Tensor | None:
+    g = torch.Generator().manual_seed(seed)
+    shape = {"none": None, "shared": (4 * block_len - 1,), "per_head": (H, 4 * block_len - 1)}[kind]
+    return None if shape is None else torch.randn(shape, generator=g, dtype=F64).requires_grad_()
+
+
+@pytest.mark.parametrize("length", [1, 7, 32])
+@pytest.mark.parametrize("block_len", [1, 3, 8, "L"])
+@pytest.mark.parametrize("masks", ["none", "left", "holes"])
+@pytest.mark.parametrize("bias", ["none", "shared", "per_head"])
+def test_local_matches_dense(length, block_len, masks, bias):
+    b, block_len = 3, length if block_len == "L" else block_len
+    q, k_hat, v, z, codebook = _inputs(b=b, length=length)
+    valid = _valid(masks, b, length)
+    local_bias = _local_bias(bias, block_len)
+    got = vq_attention_local(q, k_hat, v, z, codebook, block_len=block_len, valid=valid, local_bias=local_bias)
+    want = vq_attention_local_ref(q, k_hat, v, z, codebook, block_len=block_len, valid=valid, local_bias=local_bias)
+    assert_same_function(got, want, _leaves(q, k_hat, v, local_bias))
+    if valid is not None:
+        assert (got[~valid[:, None].expand(-1, H, -1)] == 0).all()
+
+
+@pytest.mark.parametrize("block_len", [1, 3, 32])
+@pytest.mark.parametrize("bias", ["none", "per_head"])
+def test_local_with_a_code_per_key_is_softmax_attention_biased_on_the_local_pairs(block_len, bias):
+    """S >= L and every key its own code (keys equal to codes): each aggregated code holds one key, so the form is
+    ordinary softmax attention over k_hat, the bias added on the pairs whose valid-token blocks differ by <= 1 —
+    outputs and gradients w.r.t. q, the keys, v and the bias table."""
+    b, length = 3, 19
+    g = torch.Generator().manual_seed(5)
+    codebook = torch.randn(H, length + 2, DK, generator=g, dtype=F64)
+    z = torch.stack([torch.randperm(length + 2, generator=g)[:length] for _ in range(b * H)]).view(b, H, length)
+    k_hat = codebook[torch.arange(H)[None, :, None], z].clone().requires_grad_()
+    q, _, v, _, _ = _inputs(b=b, length=length)
+    valid = _valid("holes", b, length)
+    local_bias = _local_bias(bias, block_len)
+    got = vq_attention_local(q, k_hat, v, z, codebook, block_len=block_len, valid=valid, local_bias=local_bias)
+    rank = valid.long().cumsum(dim=1) - 1
+    visible = valid[:, :, None] & valid[:, None, :]
+    matrix = None
+    if local_bias is not None:
+        local = (rank[:, :, None] // block_len - rank[:, None, :] // block_len).abs() <= 1
+        offset = (rank[:, :, None] - rank[:, None, :] + 2 * block_len - 1).clamp(0, 4 * block_len - 2)
+        matrix = torch.where(local[:, None], local_bias[:, offset].transpose(0, 1), 0.0)  # (B, H, L, L)
+    want = biased_attention_ref(q, k_hat, v, visible[:, None], bias=matrix)
+    assert_same_function(got, want, _leaves(q, k_hat, v, local_bias))
+
+
+def test_local_half_precision_computes_in_float32():
+    q, k_hat, v, z, codebook = (t.detach() for t in _inputs(length=20))
+    bias = _local_bias("shared", 4).detach()
+    want = vq_attention_local(q, k_hat, v, z, codebook, block_len=4, local_bias=bias)
+    got = vq_attention_local(q.bfloat16(), k_hat.bfloat16(), v.bfloat16(), z, codebook.float(), block_len=4,
+                             local_bias=bias.bfloat16())
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got.double() - want).abs().max() < 0.1
+
+
+def test_local_bad_arguments_are_refused_naming_them():
+    q, k_hat, v, z, codebook = _inputs(length=6)
+    with pytest.raises(ValueError, match="block_len=0"):
+        vq_attention_local(q, k_hat, v, z, codebook, block_len=0)
+    with pytest.raises(ValueError, match=r"local_bias must have shape .*\(\.\.\., 11\), got \(6,\)"):
+        vq_attention_local(q, k_hat, v, z, codebook, block_len=3, local_bias=torch.zeros(6, dtype=F64))
+    with pytest.raises(ValueError, match="local_bias must have shape"):
+        vq_attention_local_ref(q, k_hat, v, z, codebook, block_len=3, local_bias=torch.zeros(H, 2, 11, dtype=F64))
 
 
 # -- precision and refusals ------------------------------------------------------------------------------------------
