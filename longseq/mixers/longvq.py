@@ -1,9 +1,12 @@
-"""LongVQ (Liu et al., IJCAI 2024, "LongVQ: Long Sequence Modeling with Vector Quantization on Structured Memory").
+"""LongVQ (Liu et al., IJCAI 2024): MEGA's gated block with vector-quantised attention plus a local window.
 
-No official code was found; this is a reconstruction from the paper's description (docs: /work/shared/specs §4.2):
-MEGA's gated block (``_gated_attention``, with MEGA's EMA as its context, as ``mega``) whose attention is replaced by
-vector-quantised attention with a local window. With q, k = OffsetScale(Z) of MEGA's shared Z (one head) and
-v = silu(W_v x̂):
+The paper: "LongVQ: Long Sequence Modeling with Vector Quantization on Structured Memory" (arXiv 2404.11163).
+
+No official code was found; this is a reconstruction from the paper's description (its abstract and reviews state
+VQ'd keys with a straight-through estimator, a fixed-size codebook memory, localized positional biases, inside a
+MEGA-style gated SSM-attention hybrid): MEGA's gated block (``_gated_attention``, with MEGA's EMA as its context, as
+``mega``) whose attention is replaced by vector-quantised attention with a local window. With q, k = OffsetScale(Z)
+of MEGA's shared Z (one head) and v = silu(W_v x̂):
 
     k̂ = VQ(k)                          nearest of S = ``codebook_size`` codes, straight-through gradient
     o_i = softmax over [ local:  z^-1/2 q_i·k̂_j + b(i - j)  for the keys j of i's local window,
@@ -14,28 +17,28 @@ the *global* part being the per-code aggregate (count n_s, mean value m_s) of ev
 
 Choices (where the paper leaves room, or where we had to pick):
 - **Window = blocks** of W = ``block_len`` valid tokens, as Transformer-VQ's recent set. ``causal_self``: a query in
-  block b sees blocks b-1 and b individually (causal inside b) and everything older through the aggregate — the
-  existing blockwise op (``ops.vq_attention.vq_attention_chunked``) with its ``recent_bias``; streaming carries its
-  ``VQCache`` (aggregate + at most 2W - 1 recent tokens) and a decoded token is ``vq_attention_update``.
-  ``noncausal_self``: blocks b-1, b, b+1 individually and the rest of the sequence (blocks <= b-2 and >= b+2)
-  through the aggregate (``vq_attention_local``); the spec's "aggregate the whole sequence" would count the local
-  tokens twice, so the window's keys are taken out of the aggregate.
+  block b sees blocks b-1 and b individually (causal inside b: its last W to 2W - 1 keys, itself included) and
+  everything older through the aggregate — the existing blockwise op (``ops.vq_attention.vq_attention_chunked``)
+  with its ``recent_bias``; streaming carries its ``VQCache`` (aggregate + at most 2W - 1 recent tokens) and a
+  decoded token is ``vq_attention_update``. ``noncausal_self``: blocks b-1, b, b+1 individually and the rest of the
+  sequence (blocks <= b-2 and >= b+2) through the aggregate (``vq_attention_local``); aggregating "the whole
+  sequence" (the method notes' wording) would count the local tokens twice, so the window's keys are taken out.
 - **Local keys are quantised** (k̂, like the aggregate), not the exact k: local and global scores are then
   comparable terms of one softmax (an exact key next to its own code's aggregate would be scored on two scales),
   and the causal form stays exactly dense attention over k̂ for every W. Quantisation erases token identity; the
   paper's "localized positional bias" is what tells nearby tokens apart.
 - **Bias**: MEGA's "simple" relative bias (``RelativePositionBias``, one scalar per offset) on the local pairs only;
   offsets i - j (valid-token ranks) are 0..2W-1 causal and -(2W-1)..2W-1 non-causal, so a table of P = 2W covers
-  both and the layer is not bound to a max_len (``max_len`` is only the optional limit every mixer takes). Aggregated
-  keys carry no position.
+  both and the layer is not bound to a max_len (``max_len`` is only the optional limit every mixer takes).
+  Aggregated keys carry no position.
 - **Queries are not quantised** (the paper does not say they are; Transformer-VQ does not).
-- **Codebook**: ``VectorQuantizer`` exactly as ``transformer_vq`` uses it — EMA codebook (``gamma``) and a commitment
-  loss (``beta``, 1e-4 as Transformer-VQ; the spec allows up to 0.25), learning only in a training ``forward``
-  inside an aux-loss scope (never when streaming or stepping, never in ``eval()``). Codes start N(0, 0.02²), the
-  scale of OffsetScale's γ that sets the keys' scale at initialisation. The gradient w.r.t. k is the
-  straight-through estimate (``exact_gradients = False``).
-- Defaults: S = 64 codes and W = 64 (the spec suggests 64-512 codes and a window of 128-256; scaled down for the
-  small models here, as ``transformer_vq``), z, h, ndim as ``mega``. No dropout; MEGA's initialisation.
+- **Codebook**: ``VectorQuantizer`` exactly as ``transformer_vq`` uses it — EMA codebook (``gamma``) and commitment
+  loss (``beta``: 1e-4 as Transformer-VQ; the method notes give 1e-4..0.25), learning only in a training
+  ``forward`` inside an aux-loss scope (never when streaming or stepping, never in ``eval()``). Codes start
+  N(0, 0.02²), the scale of OffsetScale's γ, which sets the keys' scale at initialisation. The gradient w.r.t. k is
+  the straight-through estimate (``exact_gradients = False``).
+- Defaults: S = 64 codes and W = 64 (the method notes suggest 64-512 codes and windows of 128-256; scaled down for
+  the small models here, as ``transformer_vq``); z, h, ndim as ``mega``. No dropout; MEGA's initialisation.
 """
 
 from __future__ import annotations
