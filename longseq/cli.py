@@ -120,6 +120,10 @@ def train(
     train_examples: Annotated[int | None, typer.Option(help="Training-split size.")] = None,
     test_examples: Annotated[int | None, typer.Option(help="Test-split size.")] = None,
     task_param: Annotated[list[str] | None, typer.Option(help="Other task parameter KEY=VALUE.")] = None,
+    pattern: Annotated[str, typer.Option(help="Classification tasks: the encoder's self pattern, noncausal_self, "
+                                         "causal_self, or auto (non-causal when every mixer supports it).")] = "auto",
+    pooling: Annotated[str, typer.Option(help="Classification tasks: mean, last, or auto (mean when non-causal, "
+                                         "last when causal).")] = "auto",
     steps: Annotated[int, typer.Option(help="Optimiser updates (the cosine schedule's length).")] = 10000,
     batch_size: Annotated[int, typer.Option(help="Examples per update.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
@@ -136,7 +140,8 @@ def train(
         None),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train a causal LM on a task and record the run. Flags build the config; --config FILE.yaml replaces them."""
+    """Train a model on a task and record the run: a causal LM, or for a classification task (listops,
+    pathfinder) an encoder classifier. Flags build the config; --config FILE.yaml replaces them."""
     from longseq.results import ResultsStore
     from longseq.train.experiment import ExperimentConfig, default_out_dir, run_experiment
 
@@ -158,6 +163,7 @@ def train(
                       "eval_every": eval_every, "eval_examples": eval_examples, "target_metric": target,
                       "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every,
                       "out_dir": str(out_dir or default_out_dir(task, mixer))},
+            "classifier": {"pattern": pattern, "pooling": pooling},
         })
     if exp.train.out_dir is None:
         exp = exp.model_copy(update={"train": exp.train.model_copy(

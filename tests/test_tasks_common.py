@@ -1,6 +1,7 @@
 """What every registered task promises, checked on each with its default parameters: an example is a function of
 (seed, split, index) only — not of the batch it is asked in, nor of its order — train and test streams differ,
-another seed gives other data, and ``describe()`` rebuilds an identical task."""
+another seed gives other data, ``describe()`` rebuilds an identical task, and batches have the shapes and value
+ranges of the task's kind (token task or classification task, ``longseq.tasks.base``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from longseq.tasks import ExampleIndexError, available_tasks, build_task
+from longseq.tasks import (
+    IGNORE_INDEX,
+    ClassificationTask,
+    ExampleIndexError,
+    Task,
+    available_tasks,
+    build_task,
+    is_classification,
+    padding_mask,
+)
 
 TASKS = sorted(available_tasks())
 
@@ -53,4 +63,30 @@ def test_bad_splits_and_indices_are_refused(name):
     with pytest.raises(ExampleIndexError, match=r"index -1 is out of range"):
         task.batch("train", [-1])
     inputs, labels = task.batch("train", [])
-    assert inputs.shape == labels.shape == (0, task.seq_len)
+    assert inputs.shape == (0, task.seq_len)
+    assert labels.shape == ((0,) if is_classification(task) else (0, task.seq_len))
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_batches_have_the_shapes_and_ranges_of_the_task_kind(name):
+    task = build_task(name)
+    assert isinstance(task, Task)
+    inputs, labels = task.batch("test", range(4))
+    assert inputs.dtype == labels.dtype == torch.int64
+    assert inputs.shape == (4, task.seq_len)
+    assert int(inputs.min()) >= 0 and int(inputs.max()) < task.vocab_size
+    mask = padding_mask(task, inputs)
+    if mask is not None:  # right padding: each row is its tokens, then pad_id to the end, and holds a token
+        assert mask[:, 0].all() and not (~mask[:, :-1] & mask[:, 1:]).any()
+    if is_classification(task):
+        assert isinstance(task, ClassificationTask) and task.num_classes >= 2
+        assert labels.shape == (4,)
+        assert int(labels.min()) >= 0 and int(labels.max()) < task.num_classes
+        perfect = task.score(labels, labels, torch.arange(4), 4)
+        assert torch.equal(perfect, torch.ones(4))
+    else:
+        assert getattr(task, "num_classes", None) is None
+        assert labels.shape == inputs.shape
+        supervised = labels != IGNORE_INDEX
+        assert supervised.any(dim=1).all()
+        assert int(labels[supervised].min()) >= 0 and int(labels[supervised].max()) < task.vocab_size

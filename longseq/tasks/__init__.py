@@ -4,18 +4,23 @@ from longseq.tasks import associative_recall as associative_recall
 from longseq.tasks import copying as copying
 from longseq.tasks import induction_heads as induction_heads
 from longseq.tasks import joint_recall as joint_recall
+from longseq.tasks import listops as listops
 from longseq.tasks import mqar
 from longseq.tasks import passkey as passkey
+from longseq.tasks import pathfinder as pathfinder
 from longseq.tasks import selective_copying as selective_copying
 from longseq.tasks.base import (
     IGNORE_INDEX,
     SPLITS,
+    ClassificationTask,
     ExampleIndexError,
     Task,
     TaskParameterError,
     UnknownTaskError,
     available_tasks,
     build_task,
+    is_classification,
+    padding_mask,
     register_task,
 )
 from longseq.tasks.mqar import MQAR
@@ -24,12 +29,15 @@ __all__ = [
     "IGNORE_INDEX",
     "MQAR",
     "SPLITS",
+    "ClassificationTask",
     "ExampleIndexError",
     "Task",
     "TaskParameterError",
     "UnknownTaskError",
     "available_tasks",
     "build_task",
+    "is_classification",
     "mqar",
+    "padding_mask",
     "register_task",
 ]

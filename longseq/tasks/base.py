@@ -3,6 +3,27 @@
 A task is a deterministic, download-free data source plus its metric. Example ``i`` of split ``s`` is a pure
 function of ``(seed, s, i)`` (and the task's parameters), so a batch never depends on which other examples it
 holds or in which order they were asked for, and the train and test streams never share a random stream.
+
+Two kinds of task share the one ``Task`` protocol; a task's ``num_classes`` says which it is:
+
+- **Token tasks** (language modelling: MQAR, copying, passkey, ...) have no ``num_classes`` (or None). ``labels``
+  has the shape of ``inputs``, a target token at supervised positions and ``IGNORE_INDEX`` elsewhere; a causal LM
+  is trained on them.
+- **Classification tasks** (LRA's ListOps, Pathfinder) set ``num_classes: int``. ``labels`` is ``(B,)``, one class
+  id in ``[0, num_classes)`` per example, and ``score`` receives ``B`` predictions and targets with
+  ``example_index = arange(B)`` (what ``SequenceClassifier`` returns); an encoder classifier is trained on them.
+  ``is_classification`` tells the two apart.
+
+Padding, for either kind: a task whose rows have different lengths right-pads them to ``seq_len`` with its
+``pad_id`` (an int, a token reserved for padding); the model then gets ``mask = inputs != pad_id``
+(``padding_mask``), so a padded position is an exact no-op for every mixer (docs/design.md §4). A task without a
+``pad_id`` attribute, or with ``pad_id = None``, has no padding: every token is a real input and no mask is passed.
+(``mqar_mixture`` pads with its filler token 0 and declares none: padding after a row's last supervised position
+does not change a causal model's outputs there.)
+
+The splits are ``train`` and ``test``. LRA also has a validation split (for choosing the checkpoint); it is not
+offered yet: ``SPLITS`` is what the data fingerprint hashes (``tasks/fingerprint.py`` iterates it), so a new split
+there would change every task's fingerprint, and nothing reads a validation split yet.
 """
 
 from __future__ import annotations
@@ -10,7 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Protocol, TypeVar, get_args, get_origin, get_type_hints, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeVar, get_args, get_origin, get_type_hints, runtime_checkable
 
 import numpy as np
 import pydantic
@@ -40,10 +61,12 @@ class ExampleIndexError(ValueError):
 class Task(Protocol):
     """A procedural data source with its metric.
 
-    ``batch(split, indices)`` returns ``inputs: (B, L) int64`` token ids in ``[0, vocab_size)`` and
-    ``labels: (B, L) int64`` holding the target at supervised positions and ``IGNORE_INDEX`` (-100) elsewhere.
-    ``score`` receives only the supervised positions of a batch, flattened, and returns the per-example metric;
-    the metric of a set of examples is the mean of the per-example values.
+    ``batch(split, indices)`` returns ``inputs: (B, L) int64`` token ids in ``[0, vocab_size)`` and, for a token
+    task, ``labels: (B, L) int64`` holding the target at supervised positions and ``IGNORE_INDEX`` (-100)
+    elsewhere; for a classification task (see ``ClassificationTask``), ``labels: (B,) int64`` class ids.
+    ``score`` receives only the supervised positions of a batch, flattened (a classification task: one per
+    example), and returns the per-example metric; the metric of a set of examples is the mean of the per-example
+    values. Optional attribute ``pad_id: int | None``: see the module docstring.
     """
 
     name: str
@@ -67,6 +90,27 @@ class Task(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able parameters; ``build_task(**task.describe())`` rebuilds an identical task."""
         ...
+
+
+@runtime_checkable
+class ClassificationTask(Task, Protocol):
+    """A task with one label per sequence: ``labels: (B,) int64`` in ``[0, num_classes)``, ``inputs`` right-padded
+    with ``pad_id`` (None: every row is full length, no padding)."""
+
+    num_classes: int
+    pad_id: int | None
+
+
+def is_classification(task: Task) -> bool:
+    """Whether ``task`` is a classification task: it sets ``num_classes`` (token tasks leave it unset or None)."""
+    return getattr(task, "num_classes", None) is not None
+
+
+def padding_mask(task: Task, inputs: Tensor) -> Tensor | None:
+    """``mask: (B, L) bool``, True on real tokens, for ``inputs: (B, L)`` of ``task``; None when the task declares
+    no ``pad_id`` (then every position is a real token)."""
+    pad_id = getattr(task, "pad_id", None)
+    return None if pad_id is None else inputs != pad_id
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,6 +268,8 @@ def describe_annotation(annotation: Any) -> str:
                     bounds.append("finite")
         name = describe_annotation(base)
         return ", ".join([f"{name} {bounds[0]}", *bounds[1:]]) if bounds else name
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(annotation)))
     return getattr(annotation, "__name__", str(annotation))
 
 

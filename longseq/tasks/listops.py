@@ -51,6 +51,11 @@ percentile 5 ms), so a training batch of 32 is generated on the fly in ~30 ms an
 ``length_distribution`` gives the exact distribution of a drawn tree's length (a dynamic program over depth); the
 parameters are refused when no tree fits the length window or when the rejection sampler would need more than
 ``1 / MIN_ACCEPTANCE`` trees per example.
+
+The registered task ``listops`` (``ListOps``) is a classification task (``tasks/base.py``): ``inputs: (B,
+max_length)`` as ``listops_batch`` pads them (``pad_id`` 0, so the model's mask is ``inputs != 0``), ``labels:
+(B,)`` the values 0..9 (``num_classes`` 10), metric accuracy. LRA's split sizes are the defaults: 96,000 train and
+2,000 test examples (LRA's 2,000 validation examples have no split here yet: see ``tasks/base.py``).
 """
 
 from __future__ import annotations
@@ -58,13 +63,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Annotated, Any, TypeAlias
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from longseq.tasks.base import ExampleIndexError, TaskParameterError, check_split, example_rng
+from longseq.tasks.base import (
+    ExampleIndexError,
+    TaskParameterError,
+    check_indices,
+    check_split,
+    constructor_params,
+    example_rng,
+    per_example_accuracy,
+    register_task,
+)
 
 OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
 CLOSE = "X"
@@ -358,3 +373,67 @@ def listops_batch(
         ids[row, : tokens.size] = torch.from_numpy(tokens)
         mask[row, : tokens.size] = True
     return ids, mask, labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The task
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+@register_task("listops")
+class ListOps:
+    """LRA ListOps: the value (0-9) of a nested MIN/MAX/MED/SM expression, one label per sequence.
+
+    Parameters: the generator's (``ListOpsParams``: ``max_depth``, ``max_args``, ``min_length``, ``max_length``;
+    LRA's defaults 10, 10, 500, 2000), the split sizes (LRA's 96,000 train and 2,000 test) and the seed. Rows are
+    right-padded with ``pad_id`` 0 to ``seq_len = max_length``.
+    """
+
+    name = "listops"
+    vocab_size = VOCAB_SIZE
+    num_classes = 10
+    pad_id = PAD_ID
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        *,
+        max_depth: PositiveInt = 10,
+        max_args: PositiveInt = 10,
+        min_length: Annotated[int, Field(ge=0)] = 500,
+        max_length: PositiveInt = 2000,
+        num_train: PositiveInt = 96_000,
+        num_test: PositiveInt = 2_000,
+        seed: Annotated[int, Field(ge=0)] = 0,
+    ) -> None:
+        try:
+            self.params = ListOpsParams(max_depth=max_depth, max_args=max_args, min_length=min_length,
+                                        max_length=max_length)
+        except TaskParameterError as error:  # the same wording as the other tasks' refusals
+            raise TaskParameterError(f"task 'listops': {str(error).removeprefix('listops: ')}") from None
+        self.max_depth, self.max_args, self.min_length, self.max_length = max_depth, max_args, min_length, max_length
+        self.seq_len = max_length
+        self.num_train = num_train
+        self.num_test = num_test
+        self.seed = seed
+
+    def num_examples(self, split: str) -> int:
+        """Number of examples in ``split`` ("train" or "test")."""
+        check_split(split)
+        return self.num_train if split == "train" else self.num_test
+
+    def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+        """``inputs: (B, max_length) int64`` right-padded with 0 and ``labels: (B,) int64`` in 0..9."""
+        rows = check_indices(split, indices, self.num_examples(split))
+        inputs, _, labels = listops_batch(self.seed, split, rows, self.params)
+        return inputs, labels
+
+    def score(self, predictions: Tensor, targets: Tensor, example_index: Tensor, batch_size: int) -> Tensor:
+        """Per-example accuracy ``(batch_size,)``: 1 where the predicted class is the value, else 0."""
+        return per_example_accuracy(predictions, targets, example_index, batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
+        return constructor_params(self)

@@ -66,6 +66,15 @@ in the original; a try costs about 0.5 ms. Measured CPU time per image (mean res
 / hard 1.7 / 2.2 / 7 ms (1 / 4 / 19); 64 px 4 / 16 / 170 ms (3 / 56 / 680); 128 px 9 / 10 / 150 ms (0.6 / 13 /
 460; at hard, margin 3 needs about 850 restarts, margin 2 about 90). So 32 px is cheap enough to generate batches
 on the fly; 64 and 128 px hard want a cache of pre-generated examples.
+
+The registered task ``pathfinder`` (``Pathfinder``) is a classification task (``tasks/base.py``): ``inputs: (B,
+size * size)``, the pixel bytes as tokens (``vocab_size`` 256: LRA's and S4's "tokenize" input, not normalised
+floats), ``labels: (B,)`` 0/1 (``num_classes`` 2), metric accuracy. There is no padding: every image is full length
+and token 0 is a black pixel, a real input, so ``pad_id`` is None and the model gets no mask. Defaults: 32 px hard,
+LRA's Pathfinder; ``size=128`` is Path-X. Split sizes: LRA's configs assume 160,000 train and 20,000 evaluation
+examples (TFDS 80/10/10 of 200,000 images): the defaults are 160,000 train and 20,000 test (LRA's validation
+split has no counterpart here yet: see ``tasks/base.py``). At ~7 ms per 32 px hard image, a full test pass costs
+~2.5 CPU minutes of generation alone: set ``TrainConfig.eval_examples`` for periodic evaluations.
 """
 
 from __future__ import annotations
@@ -74,14 +83,24 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from longseq.tasks._raster import Paddle, bytescale, dilate, disc, disk_offsets, fits, paddle, readonly, stamp_max
-from longseq.tasks.base import ExampleIndexError, TaskParameterError, check_split, example_rng
+from longseq.tasks.base import (
+    ExampleIndexError,
+    TaskParameterError,
+    check_indices,
+    check_split,
+    constructor_params,
+    example_rng,
+    per_example_accuracy,
+    register_task,
+)
 
 DIFFICULTIES: dict[str, int] = {"easy": 6, "intermediate": 9, "hard": 14}
 """Difficulty -> contour length (the original's ``curv_baseline``, ``curv_contour_length_9`` and ``_14``)."""
@@ -473,3 +492,61 @@ def pathfinder_batch(
     for row, index in enumerate(rows.tolist()):
         tokens[row], labels[row] = pathfinder_example(config, seed, split, index)
     return torch.from_numpy(tokens), torch.from_numpy(labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The task
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+@register_task("pathfinder")
+class Pathfinder:
+    """LRA Pathfinder / Path-X: do the two markers sit on the ends of one curve? One label per image.
+
+    Parameters: ``size`` 32 (Pathfinder), 64 or 128 (Path-X), ``seq_len = size ** 2``; ``difficulty`` easy /
+    intermediate / hard (contour length 6 / 9 / 14; LRA uses hard); the split sizes (160,000 train and 20,000
+    test, as LRA's configs) and the seed. Tokens are the pixel bytes, rows first; no padding (``pad_id`` None).
+    """
+
+    name = "pathfinder"
+    vocab_size = 256
+    num_classes = 2
+    pad_id = None
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        *,
+        size: Literal[32, 64, 128] = 32,
+        difficulty: Literal["easy", "intermediate", "hard"] = "hard",
+        num_train: PositiveInt = 160_000,
+        num_test: PositiveInt = 20_000,
+        seed: Annotated[int, Field(ge=0)] = 0,
+    ) -> None:
+        self.config = pathfinder_config(size, difficulty)
+        self.size = size
+        self.difficulty = difficulty
+        self.seq_len = size * size
+        self.num_train = num_train
+        self.num_test = num_test
+        self.seed = seed
+
+    def num_examples(self, split: str) -> int:
+        """Number of examples in ``split`` ("train" or "test")."""
+        check_split(split)
+        return self.num_train if split == "train" else self.num_test
+
+    def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+        """``inputs: (B, size * size) int64`` pixel bytes and ``labels: (B,) int64`` (1: the markers are joined)."""
+        rows = check_indices(split, indices, self.num_examples(split))
+        return pathfinder_batch(self.config, self.seed, split, rows)
+
+    def score(self, predictions: Tensor, targets: Tensor, example_index: Tensor, batch_size: int) -> Tensor:
+        """Per-example accuracy ``(batch_size,)``: 1 where the predicted class is the label, else 0."""
+        return per_example_accuracy(predictions, targets, example_index, batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
+        return constructor_params(self)

@@ -1,21 +1,28 @@
-"""An experiment = task + model + training, as one validated config (YAML-loadable), and the function that runs it."""
+"""An experiment = task + model + training, as one validated config (YAML-loadable), and the function that runs it.
+
+The model follows the task's kind (``longseq.tasks.base``): a ``CausalLM`` for a token task; for a classification
+task (ListOps, Pathfinder) a ``SequenceClassifier``, an encoder with masked pooling and a linear head, whose self
+pattern and pooling ``ClassifierSpec`` resolves (by default non-causal with mean pooling, as LRA's Pathfinder
+config).
+"""
 
 from __future__ import annotations
 
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from longseq.models import CausalLM, ModelConfig
+from longseq.mixers import Pattern, mixer_class
+from longseq.models import CausalLM, ModelConfig, SequenceClassifier
 from longseq.results import ResultsStore
 from longseq.results.store import ResultsStoreError
-from longseq.tasks import Task, build_task
+from longseq.tasks import Task, build_task, is_classification
 from longseq.tasks.fingerprint import data_fingerprint
 from longseq.train.config import TrainConfig
 from longseq.train.events import TrainResult
@@ -36,14 +43,57 @@ class TaskSpec(BaseModel):
         return build_task(self.name, **self.params)
 
 
+class ClassifierSpec(BaseModel):
+    """The encoder of a classification task; a token task (a causal LM) takes only the defaults.
+
+    ``pattern``: the backbone's self pattern. ``"auto"`` is ``noncausal_self`` (an encoder, as in LRA) when every
+    mixer of the layer pattern supports it, else ``causal_self`` when every one supports that. An explicit pattern
+    that a mixer does not support is refused, naming the mixer and the patterns it has. ``pooling``: ``"auto"`` is
+    ``mean`` over the valid positions for a non-causal backbone (LRA's Pathfinder config; LRA's ListOps config pools
+    a CLS token, which this classifier does not have) and ``last`` for a causal one (the last valid position, the
+    only one that has seen the whole sequence).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    pattern: Literal["auto", "noncausal_self", "causal_self"] = "auto"
+    pooling: Literal["auto", "mean", "last"] = "auto"
+
+    def resolve(self, model: ModelConfig) -> tuple[Pattern, Literal["mean", "last"]]:
+        """The self pattern and pooling of ``model``'s classifier; ``ValueError`` when a mixer cannot take it."""
+        supported = {name: mixer_class(name).supported_patterns(**model.mixer_hypers.get(name, {}))
+                     for name in sorted(set(model.layer_names))}
+        if self.pattern == "auto":
+            candidates = (Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF)
+            pattern = next((p for p in candidates if all(p in have for have in supported.values())), None)
+            if pattern is None:
+                have = "; ".join(f"'{name}': {_listed(ps)}" for name, ps in supported.items())
+                raise ValueError(f"classifier.pattern='auto': no self pattern is supported by every mixer of "
+                                 f"layers={model.layers!r} ({have}); a classifier needs noncausal_self or causal_self")
+        else:
+            pattern = Pattern.parse(self.pattern)
+            for name, have in supported.items():
+                if pattern not in have:
+                    raise ValueError(
+                        f"classifier.pattern={self.pattern!r}: mixer '{name}' does not support it; it supports: "
+                        f"{_listed(have)} (allowed here: 'auto', 'noncausal_self', 'causal_self')")
+        pooling = self.pooling if self.pooling != "auto" else ("last" if pattern.is_causal else "mean")
+        return pattern, pooling
+
+
+def _listed(patterns: frozenset[Pattern]) -> str:
+    return ", ".join(sorted(p.value for p in patterns))
+
+
 class ExperimentConfig(BaseModel):
     """``task``: which generator and its parameters; ``model``: ModelConfig fields except ``vocab_size`` (the
-    task's); ``train``: TrainConfig fields. Everything is validated at construction."""
+    task's); ``train``: TrainConfig fields; ``classifier``: the encoder's pattern and pooling, for classification
+    tasks only (``ClassifierSpec``). Everything is validated at construction."""
 
     model_config = ConfigDict(extra="forbid")
     task: TaskSpec = Field(default_factory=TaskSpec)
     model: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig
+    classifier: ClassifierSpec = Field(default_factory=ClassifierSpec)
     extra_evals: list[dict[str, Any]] = Field(default_factory=list)
     """Parameter overrides of ``task`` whose test splits the final model is also scored on (length
     extrapolation: ``[{"seq_len": 512}, {"seq_len": 1024}]``), recorded as ``"<metric>@seq_len=512"``."""
@@ -52,7 +102,13 @@ class ExperimentConfig(BaseModel):
     def _model_builds(self) -> ExperimentConfig:
         if "vocab_size" in self.model:
             raise ValueError("model.vocab_size is set by the task; remove it")
-        self.model_config_for(self.task.build())
+        task = self.task.build()
+        model = self.model_config_for(task)
+        if is_classification(task):
+            self.classifier.resolve(model)
+        elif self.classifier != ClassifierSpec():
+            raise ValueError(f"classifier={self.classifier.model_dump()} applies to classification tasks only; task "
+                             f"{task.name!r} is a token task (a causal LM is trained on it): remove it")
         self.extra_eval_tasks()
         return self
 
@@ -87,21 +143,31 @@ def default_out_dir(task: str, mixer: str) -> Path:
 def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = None, resume: bool = False,
                    command: str | None = None, progress: bool = True, suite: str | None = None,
                    cell_key: str | None = None, data_fingerprint: str | None = None) -> TrainResult:
-    """Build the task and a CausalLM and train; with a ``store``, record the run (with its state size) there.
+    """Build the task and its model (a CausalLM, or for a classification task a SequenceClassifier as
+    ``config.classifier`` resolves it) and train; with a ``store``, record the run (with its state size) there.
 
     ``command`` (the provenance's), ``suite`` and ``cell_key`` (the quality cell) go to the store's row; see
     ``longseq.train.recorder.StoreRecorder``. The row's config holds the task's ``describe()``, the model config
-    and, as ``data_fingerprint``, the fingerprint of the task's data (``longseq.tasks.fingerprint``; computed here
-    unless the caller passes it).
+    (for a classifier with ``"classifier": {num_classes, pattern, pooling}`` added, also in the checkpoints) and,
+    as ``data_fingerprint``, the fingerprint of the task's data (``longseq.tasks.fingerprint``; computed here
+    unless the caller passes it). A non-causal classifier has no recurrent state: its ``state_floats`` is None.
 
     A resumed run whose final checkpoint was written but whose row is still ``running`` (the process was killed
     between the two) is closed ``completed`` from the checkpoint's result, so the store agrees with the folder.
     """
     task = config.task.build()
     model_cfg = config.model_config_for(task)
-    torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
-    model = CausalLM(model_cfg)
     model_data = model_cfg.model_dump()
+    torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
+    model: CausalLM | SequenceClassifier
+    if is_classification(task):
+        pattern, pooling = config.classifier.resolve(model_cfg)
+        model = SequenceClassifier(model_cfg, task.num_classes, pooling=pooling, pattern=pattern)
+        model_data["classifier"] = {"num_classes": task.num_classes, "pattern": pattern.value, "pooling": pooling}
+        state_floats = model.backbone.state_size(task.seq_len) if pattern.is_causal else None
+    else:
+        model = CausalLM(model_cfg)
+        state_floats = model.state_size(task.seq_len)
     recorder = None
     if store is not None:
         fingerprint = data_fingerprint if data_fingerprint is not None else _fingerprint(task)
@@ -109,7 +175,7 @@ def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = Non
             store,
             mixer=model_cfg.layers,
             config={"task": task.describe(), "model": model_data, "data_fingerprint": fingerprint},
-            state_floats=model.state_size(task.seq_len),
+            state_floats=state_floats,
             suite=suite,
             cell_key=cell_key,
             command=command,

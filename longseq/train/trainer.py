@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from longseq.modules.optim import optim_settings
-from longseq.tasks.base import Task
+from longseq.tasks.base import Task, padding_mask
 from longseq.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -238,9 +238,11 @@ class _Window:
 class Trainer:
     """Trains ``model`` on ``task`` under ``config``, telling ``observer`` (if any) when a session starts and ends.
 
-    model: called as ``out = model(inputs, labels=labels)`` with ``inputs, labels: (B, L) int64``; ``out`` has
-    ``loss`` (scalar mean cross-entropy over supervised positions), and ``predictions``, ``targets``,
-    ``example_index``: ``(N,)`` over the supervised positions. An ``aux_loss`` on ``out`` (a scalar, or None; see
+    model: called as ``out = model(inputs, labels=labels)`` with ``inputs: (B, L) int64`` and the task's labels
+    (``(B, L)`` for a token task, ``(B,)`` class ids for a classification task: ``longseq.tasks.base``), plus
+    ``mask=inputs != task.pad_id`` when the task declares a ``pad_id``; ``out`` has ``loss`` (scalar mean
+    cross-entropy over supervised positions), and ``predictions``, ``targets``, ``example_index``: ``(N,)`` over
+    the supervised positions (one per example for a classifier). An ``aux_loss`` on ``out`` (a scalar, or None; see
     ``longseq.modules.aux_loss``) is added to the loss that training back-propagates and logged as ``aux_loss``;
     ``loss`` (the logged train loss) and evaluation stay the task loss. The model stays on its device; batches are
     moved there. Parameters marked with ``longseq.modules.optim.set_optim`` get their own lr and weight decay
@@ -351,7 +353,7 @@ class Trainer:
             with torch.no_grad(), preserved_rng_state():
                 for start in range(0, count, batch_size):
                     indices = np.arange(start, min(count, start + batch_size))
-                    out = self._forward(*task.batch(split, indices))
+                    out = self._forward(task, *task.batch(split, indices))
                     scores = task.score(out.predictions, out.targets, out.example_index, len(indices))
                     metric_sum += torch.as_tensor(scores).to(device=self.device, dtype=torch.float64).sum()
                     loss_sum += out.loss.detach().double() * out.targets.numel()
@@ -457,8 +459,12 @@ class Trainer:
 
     # ----- the loop -----
 
-    def _forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
-        out = self.model(inputs.to(self.device, non_blocking=True), labels=labels.to(self.device, non_blocking=True))
+    def _forward(self, task: Task, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
+        mask = padding_mask(task, inputs)
+        # Only a padded task's model is handed a mask, so a model without the keyword trains on unpadded tasks.
+        masks = {} if mask is None else {"mask": mask.to(self.device, non_blocking=True)}
+        out = self.model(inputs.to(self.device, non_blocking=True), labels=labels.to(self.device, non_blocking=True),
+                         **masks)
         missing = [name for name in _MODEL_OUTPUT_FIELDS if not hasattr(out, name)]
         if missing:
             raise TypeError(
@@ -479,7 +485,7 @@ class Trainer:
         )
         inputs, labels = self.task.batch("train", indices)
         self.model.train()
-        out = self._forward(inputs, labels)
+        out = self._forward(self.task, inputs, labels)
         aux_loss = getattr(out, "aux_loss", None)
         self.optimizer.zero_grad(set_to_none=True)
         (out.loss if aux_loss is None else out.loss + aux_loss).backward()
