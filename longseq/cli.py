@@ -155,6 +155,9 @@ def train(
     warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 250,
     eval_examples: Annotated[int | None, typer.Option(help="Examples per periodic eval (default: all).")] = None,
+    select_on: Annotated[str, typer.Option(help="Split of the periodic evals: test, or val (classification tasks: "
+                                           "test metrics of the best checkpoint on validation, LRA's protocol).")] = (
+        "test"),
     target: Annotated[float | None, typer.Option(help="Stop early when the metric reaches this.")] = 0.99,
     seed: Annotated[int, typer.Option(help="Seed of data order and init.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
@@ -185,7 +188,8 @@ def train(
                       "mixer_hypers": {mixer: mixer_hypers} if mixer_hypers else {}},
             "train": {"steps": steps, "batch_size": batch_size, "lr": lr,
                       "warmup_steps": min(warmup_steps, max(steps - 1, 0)),
-                      "eval_every": eval_every, "eval_examples": eval_examples, "target_metric": target,
+                      "eval_every": eval_every, "eval_examples": eval_examples, "select_on": select_on,
+                      "target_metric": target,
                       "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every,
                       "out_dir": str(out_dir or default_out_dir(task, mixer))},
             "classifier": {"pattern": pattern, "pooling": pooling},
@@ -275,6 +279,32 @@ def bench_quality(
                          command=shlex.join(sys.argv), log=lambda m: console.print(m, markup=False))
     console.print(format_leaderboard(report.leaderboard))
     console.print(report.summary(), markup=False)
+
+
+@bench_app.command("params")
+@cli_errors
+def bench_params(
+    suite: Annotated[str, typer.Option(help="A shipped suite name or a YAML path.")],
+    mixers: Annotated[str | None, typer.Option(help="Mixers or layer patterns (restricts the suite).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Task names, comma-separated (restricts the suite).")] = None,
+) -> None:
+    """Parameter count of each cell of a suite against the base Transformer's of the same config (attention in
+    every layer): LRA allows at most 10% more. Cells over the suite's param_budget are dropped when it runs."""
+    from longseq.bench.quality import load_suite, parameter_budgets
+
+    chosen = load_suite(suite)
+    if tasks:
+        chosen = chosen.with_tasks(split_specs(tasks))
+    table = Table(title=f"suite {chosen.name}: parameters against the base Transformer")
+    for col in ("cell", "parameters", "base Transformer", "ratio", "within param_budget"):
+        table.add_column(col, justify="left" if col == "cell" else "right")
+    limit = chosen.param_budget
+    for cell, budget in parameter_budgets(chosen, mixers=split_specs(mixers) if mixers else None):
+        within = "-" if limit is None else ("yes" if budget.ratio <= limit else "no")
+        table.add_row(escape(cell.label), f"{budget.n_params:,}", f"{budget.baseline:,}", f"{budget.ratio:.3f}", within)
+    console.print(table)
+    console.print(f"param_budget: {limit if limit is not None else 'none'}; cells that do not validate or whose "
+                  "dataset is missing are not listed (see `longseq bench quality`)", markup=False)
 
 
 @bench_app.command("speed")

@@ -640,3 +640,167 @@ def test_bad_findings_fail_naming_the_field(finding, message):
         tiny_suite(findings=[finding])
     with pytest.raises(QualitySuiteError, match="findings repeat a title"):
         tiny_suite(findings=[FINDING, FINDING])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pinned run keys: computed before the validation split, the encoder planning of classification cells, the
+# suite's classifier and parameter budget existed; none of them may move an existing key (a moved key re-runs
+# every finished cell of a store).
+
+PINNED_KEYS = {
+    "demo": [("attention", "f244d3abdd139edc"), ("mamba", "708257675f9d54a6"), ("s4d", "8c84be59e8b031d9")],
+    "mqar-tiny": [("attention", "70c56188946e697c"), ("attention", "94f30e70c2605f71"),
+                  ("attention", "11431998cc66442e"), ("attention", "0377f9c001a54be1"),
+                  ("mamba", "c84e2e73e062120b"), ("s4d", "a5d4ea222b8d0998")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_KEYS))
+def test_run_keys_of_shipped_token_suites_are_pinned(name):
+    plan = plan_quality(load_suite(name), mixers=["attention", "mamba", "s4d"])
+    assert set(PINNED_KEYS[name]) <= {(run.cell.mixer, run.key) for run in plan.runs}
+
+
+def test_run_keys_of_classification_cells_are_pinned():
+    suite = tiny_suite(
+        mixers=["attention", "s4d"],
+        tasks=[{"name": "listops", "params": {"min_length": 10, "max_length": 40, "num_train": 64, "num_test": 16}},
+               {"name": "pathfinder", "params": {"size": 32, "difficulty": "easy", "num_train": 32, "num_test": 8}}],
+        grid={"lr": [1e-3]},
+    )
+    assert [(run.cell.task.name, run.cell.mixer, run.key) for run in plan_quality(suite).runs] == [
+        ("listops", "attention", "eef4e8a00c41744c"), ("listops", "s4d", "b6b551d23af93023"),
+        ("pathfinder", "attention", "816d76f629236880"), ("pathfinder", "s4d", "884a4da7f2c96905"),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classification suites: encoder planning, the suite's classifier, the parameter budget, missing datasets
+
+LISTOPS = {"name": "listops", "params": {"min_length": 10, "max_length": 40, "num_train": 64, "num_test": 16}}
+
+
+def test_classification_cells_are_planned_in_the_encoders_pattern(probe_mixers):
+    suite = tiny_suite(mixers=["attention", "qprobe_noncausal"], tasks=[TINY_TASK, LISTOPS], grid={"lr": [1e-3]})
+    plan = plan_quality(suite)
+    assert [(run.cell.task.name, run.cell.mixer) for run in plan.runs] == [
+        ("mqar", "attention"), ("listops", "attention"), ("listops", "qprobe_noncausal")]
+    ((cell, reason),) = plan.dropped  # a causal LM needs the causal pattern; an encoder takes the non-causal one
+    assert (cell.task.name, cell.mixer) == ("mqar", "qprobe_noncausal") and "does not support pattern" in reason
+    assert plan.runs[2].config.classifier.resolve(plan.runs[2].config.model_config_for(
+        plan.runs[2].config.task.build()))[0] == Pattern.NONCAUSAL_SELF
+
+
+def test_all_adds_the_mixers_an_encoder_can_take_for_classification_suites_only(probe_mixers):
+    token_only = tiny_suite(mixers="all").resolved_mixers()
+    with_listops = tiny_suite(mixers="all", tasks=[TINY_TASK, LISTOPS]).resolved_mixers()
+    assert "qprobe_noncausal" not in token_only and "qprobe_noncausal" in with_listops
+    assert set(token_only) < set(with_listops)
+    causal = tiny_suite(mixers="all", tasks=[LISTOPS], classifier={"pattern": "causal_self"}).resolved_mixers()
+    assert "qprobe_noncausal" not in causal and "qprobe" in causal
+
+
+def test_a_suite_classifier_joins_the_run_key_only_when_it_is_not_the_default():
+    base = tiny_suite(mixers=["s4d"], tasks=[LISTOPS], grid={"lr": [1e-3]})
+    default = tiny_suite(mixers=["s4d"], tasks=[LISTOPS], grid={"lr": [1e-3]}, classifier={"pattern": "auto"})
+    causal = tiny_suite(mixers=["s4d"], tasks=[LISTOPS], grid={"lr": [1e-3]}, classifier={"pattern": "causal_self"})
+    keys = [[run.key for run in plan_quality(suite).runs] for suite in (base, default, causal)]
+    assert keys[0] == keys[1] and keys[0] != keys[2]
+    (run,) = plan_quality(causal).runs
+    assert run.config.classifier.pattern == "causal_self"
+    with pytest.raises(QualitySuiteError, match=r"applies to classification tasks, and the suite has none"):
+        tiny_suite(classifier={"pooling": "last"})
+
+
+def test_cells_over_the_param_budget_are_dropped_with_their_count_and_ratio():
+    suite = tiny_suite(mixers=["attention", "s4d", "mamba"], tasks=[LISTOPS], grid={"lr": [1e-3]},
+                       model={"d_model": 16, "n_layers": 1, "mixer_hypers": {"attention": {"n_heads": 2}}},
+                       param_budget=1.1)
+    plan = plan_quality(suite)
+    ratios = {cell.mixer: budget.ratio for cell, budget in quality.parameter_budgets(suite)}
+    assert ratios["attention"] == 1.0 and ratios["mamba"] > 1.1
+    assert {run.cell.mixer for run in plan.runs} == {m for m, r in ratios.items() if r <= 1.1}
+    reasons = {cell.mixer: reason for cell, reason in plan.dropped}
+    assert reasons["mamba"].startswith("over the suite's param_budget of 1.1: ") and "x the base Transformer's" in \
+        reasons["mamba"]
+    unbounded = plan_quality(suite.model_copy(update={"param_budget": None}))
+    assert {run.cell.mixer for run in unbounded.runs} == set(ratios)
+    assert [run.key for run in plan.runs] == [run.key for run in unbounded.runs if run.cell.mixer in
+                                              {run.cell.mixer for run in plan.runs}]  # the budget is not in keys
+
+
+def test_a_mixer_built_shorter_than_the_task_is_dropped_at_planning():
+    suite = tiny_suite(mixers=["attention", "s4d"], tasks=[LISTOPS], grid={"lr": [1e-3]},
+                       model={"d_model": 16, "n_layers": 1, "mixer_hypers": {"attention": {"n_heads": 2,
+                                                                                           "max_len": 32}}})
+    plan = plan_quality(suite)
+    assert [run.cell.mixer for run in plan.runs] == ["s4d"]
+    assert plan.dropped[0][1] == "mixer 'attention' is built with max_len=32, below the task's sequence length 40"
+
+
+def test_a_missing_dataset_fails_its_cells_with_the_install_command_and_the_rest_runs(tmp_path):
+    missing = {"name": "sfmnist", "params": {"paths": {"fashion-mnist": str(tmp_path / "nowhere")}}}
+    suite = tiny_suite(mixers=["s4d"], tasks=[missing, LISTOPS], grid={"lr": [1e-3]},
+                       train={**tiny_suite().train, "steps": 2, "eval_every": 1, "select_on": "val"})
+    lines: list[str] = []
+    with ResultsStore(tmp_path / "results.db") as store:
+        report = run_quality(suite=suite, store=store, log=lines.append)
+        (row,) = store.runs()
+    ((cell, reason),) = report.unavailable
+    assert cell.task.name == "sfmnist" and "apt-get install dataset-fashion-mnist" in reason
+    assert f"missing data {cell.label}: {reason}" in lines
+    assert report.ran == 1 and "1 failed" not in report.summary() and ", 1 cells missing data, " in report.summary()
+    # the one tiny end-to-end cell: LRA's protocol, test accuracy of the best validation checkpoint
+    assert row["status"] == "completed" and row["config"]["train"]["select_on"] == "val"
+    assert {"accuracy", "val_accuracy", "selected_step"} <= set(row["metrics"])
+
+
+def test_select_on_val_is_refused_for_token_tasks_at_planning():
+    suite = tiny_suite(tasks=[TINY_TASK, LISTOPS], mixers=["s4d"], grid={"lr": [1e-3]},
+                       train={**tiny_suite().train, "select_on": "val"})
+    plan = plan_quality(suite)
+    assert [run.cell.task.name for run in plan.runs] == ["listops"]
+    assert "train.select_on='val': task 'mqar' has no such split" in plan.dropped[0][1]
+
+
+def test_the_lra_suite_follows_the_protocol_and_plans_every_cell_on_the_sample_data():
+    suite = load_suite("lra")
+    assert suite.param_budget == 1.1 and suite.train["select_on"] == "val" and suite.split == "steps"
+    assert [t.name for t in suite.tasks] == ["listops", "pathfinder", "sfmnist", "bytetext", "byte_retrieval"]
+    assert {"attention", "s4d", "s4", "mamba"} <= set(suite.resolved_mixers())
+    plan = plan_quality(suite)
+    assert plan.unavailable == []
+    reasons = {(cell.task.name, cell.mixer): reason for cell, reason in plan.dropped}
+    for (task, mixer), reason in reasons.items():
+        if task == "sfmnist":  # the sample copy has 32 test images; the real one 10,000
+            assert reason.startswith("task 'sfmnist': num_test=500: the test split has 32 images")
+        else:  # two passes: too many parameters at this size
+            assert mixer == "mamba" and reason.startswith("over the suite's param_budget of 1.1: ")
+    assert {mixer for task, mixer in reasons if task != "sfmnist"} == {"mamba"}
+    assert len(plan.runs) == len(plan.cells) == 4 * (len(suite.resolved_mixers()) - 1)
+    (finding,) = suite.findings
+    assert "59.60" in finding.claim and "36.37" in finding.claim  # the published numbers it checks against
+
+
+def test_the_dna_suite_plans_attention_only_up_to_its_max_len():
+    suite = load_suite("dna")
+    seq_lens = [suite.tasks[0].params["seq_len"], *suite.grid["task.seq_len"]] if "task.seq_len" in suite.grid \
+        else [t.params["seq_len"] for t in suite.tasks]
+    assert {1024, 4096, 16384} <= set(seq_lens)
+    plan = plan_quality(suite)
+    attention = {run.cell.task.params["seq_len"] for run in plan.runs if run.cell.mixer == "attention"}
+    assert attention and max(attention) <= 4096  # the sample genomes hold windows up to 4,096 in their tests
+    assert any("max_len" in reason or "does not fit" in reason for _, reason in plan.dropped)
+
+
+def test_the_cli_lists_each_cells_parameters_against_the_base_transformer():
+    from typer.testing import CliRunner
+
+    from longseq.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "params", "--suite", "lra", "--tasks", "listops"])
+    assert result.exit_code == 0, result.output
+    assert "base Transformer" in result.output and "param_budget: 1.1" in result.output
+    rows = [line for line in result.output.splitlines() if "listops(" in line]
+    assert any("mamba" in row and " no" in row for row in rows) and any("| attention" in row and "1.000" in row
+                                                                        for row in rows)

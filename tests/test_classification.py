@@ -1,6 +1,7 @@
 """Classification tasks end to end (LRA's ListOps and Pathfinder): an encoder classifier trains through
 ``run_experiment`` and the CLI, records its accuracy, resumes exactly; the pattern/pooling choice and its refusals;
-the trainer's padding mask; and no shortcut from label frequencies."""
+the trainer's padding mask; no shortcut from label frequencies; the two-tower model of pair tasks; the parameter
+budget against the base Transformer; and the validation split of each classification task."""
 
 from __future__ import annotations
 
@@ -16,12 +17,19 @@ from typer.testing import CliRunner
 
 from longseq.cli import app
 from longseq.mixers import Pattern, mixer_class
-from longseq.models import SequenceClassifier
+from longseq.models import ModelConfig, SequenceClassifier, TwoTowerClassifier
 from longseq.results import ResultsStore
-from longseq.tasks import build_task
-from longseq.tasks.listops import ListOps
+from longseq.tasks import TaskParameterError, build_task
+from longseq.tasks.listops import ListOps, ListOpsParams, listops_example
+from longseq.tasks.pathfinder import pathfinder_example
 from longseq.train import TrainConfig, Trainer
-from longseq.train.experiment import ClassifierSpec, ExperimentConfig, run_experiment
+from longseq.train.experiment import (
+    ClassifierSpec,
+    ExperimentConfig,
+    build_model,
+    parameter_budget,
+    run_experiment,
+)
 
 TINY_TASKS = {
     "listops": {"min_length": 10, "max_length": 40, "num_train": 64, "num_test": 16},
@@ -206,3 +214,149 @@ def test_label_frequencies_alone_score_at_most_the_majority_share(name: str, par
     accuracy = float(task.score(predictions, labels, torch.arange(count), count).mean())
     sigma = math.sqrt(share * (1 - share) * variance_factor)
     assert accuracy <= share + 3 * sigma, (accuracy, share, sigma)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two towers (a pair task: byte_retrieval)
+
+
+def tower_model(pattern: str = "noncausal_self", pooling: str = "mean") -> TwoTowerClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=256, d_model=16, n_layers=1, layers="s4d", mlp_ratio=2.0)
+    return TwoTowerClassifier(cfg, 2, pattern=pattern, pooling=pooling).double().eval()
+
+
+@pytest.mark.parametrize(("pattern", "pooling"), [("noncausal_self", "mean"), ("causal_self", "last")])
+def test_two_towers_encode_each_half_alone_with_one_encoder(pattern: str, pooling: str):
+    model = tower_model(pattern, pooling)
+    inputs = torch.randint(0, 256, (3, 2 * 24))
+    first, second = inputs[:, :24], inputs[:, 24:]
+    x1, x2 = model.encode(first, None), model.encode(second, None)  # the shared encoder, each half alone
+    expected = model.head(torch.cat([x1, x2, x1 * x2, x1 - x2], dim=-1))
+    out = model(inputs, torch.tensor([0, 1, 1]))
+    assert torch.allclose(out.logits, expected, atol=1e-12) and out.loss is not None
+    assert [type(layer).__name__ for layer in model.head] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert model.head[0].in_features == 4 * 16 and model.head[0].out_features == 4 * 16  # LRA: mlp_dim = 4 d
+    # nothing crosses from one half to the other: a changed second half leaves the first encoding alone
+    changed = torch.cat([first, torch.randint(0, 256, (3, 24))], dim=1)
+    encoded = model.encode(torch.cat(changed.chunk(2, dim=1)), None).chunk(2)[0]
+    assert torch.allclose(encoded, x1, atol=1e-12)
+
+
+def test_two_towers_split_the_mask_with_the_inputs_and_refuse_an_odd_length():
+    model = tower_model()
+    inputs = torch.randint(1, 256, (2, 32))
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    mask[0, 12:16] = False  # the end of row 0's first sequence is padding
+    x1 = model.encode(inputs[:, :16], mask[:, :16])
+    x2 = model.encode(inputs[:, 16:], mask[:, 16:])
+    logits = model(inputs, mask=mask).logits
+    assert torch.allclose(logits, model.head(torch.cat([x1, x2, x1 * x2, x1 - x2], dim=-1)), atol=1e-12)
+    with pytest.raises(ValueError, match=r"TwoTowerClassifier: inputs hold two sequences side by side, so their "
+                                         r"length must be even; got 31"):
+        model(inputs[:, :31])
+
+
+RETRIEVAL = {"window": 64, "num_train": 32, "num_test": 8}
+
+
+@pytest.mark.parametrize("pattern", ["noncausal_self", "causal_self"])
+def test_a_pair_task_trains_a_two_tower_classifier_through_run_experiment(tmp_path: Path, pattern: str):
+    exp = ExperimentConfig.model_validate({
+        "task": {"name": "byte_retrieval", "params": RETRIEVAL},
+        "model": {"d_model": 16, "n_layers": 1, "layers": "s4d", "mlp_ratio": 2.0},
+        "train": {"steps": 2, "batch_size": 4, "eval_every": 1, "threads": 1, "select_on": "val"},
+        "classifier": {"pattern": pattern},
+    })
+    built = build_model(exp, exp.task.build())
+    assert isinstance(built.model, TwoTowerClassifier)
+    assert built.config["classifier"]["towers"] == 2
+    if pattern == "causal_self":  # each tower runs one window: the state after 64 tokens, not 128
+        assert built.state_floats == built.model.backbone.state_size(64) > 0
+    with ResultsStore(tmp_path / "r.db") as store:
+        result = run_experiment(exp, store=store, progress=False)
+        (row,) = store.runs()
+    assert row["config"]["model"]["classifier"]["towers"] == 2 and 0 <= result.metrics["accuracy"] <= 1
+    assert result.metrics["selected_step"] in (1, 2) and "val_accuracy" in result.metrics
+
+
+def test_single_sequence_classifiers_record_no_towers():
+    exp = config("listops", "s4d", None)
+    built = build_model(exp, exp.task.build())
+    assert type(built.model) is SequenceClassifier and "towers" not in built.config["classifier"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameter budget (LRA: at most 10% more parameters than the base Transformer)
+
+
+def test_the_parameter_budget_compares_with_attention_in_every_layer_of_the_same_config():
+    exp = ExperimentConfig.model_validate({
+        "task": {"name": "listops", "params": TINY_TASKS["listops"]},
+        "model": {"d_model": 16, "n_layers": 2, "layers": "s4d", "mlp_ratio": 2.0,
+                  "mixer_hypers": {"attention": {"n_heads": 2}, "s4d": {"d_state": 8}}},
+        "train": {"steps": 2},
+    })
+    budget = parameter_budget(exp)
+    task = exp.task.build()
+    real = sum(p.numel() for p in build_model(exp, task).model.parameters())
+    baseline_exp = exp.model_copy(update={"model": {**exp.model, "layers": "attention",
+                                                     "mixer_hypers": {"attention": {"n_heads": 2}}}})
+    baseline = sum(p.numel() for p in build_model(baseline_exp, task).model.parameters())
+    assert (budget.n_params, budget.baseline) == (real, baseline) and budget.ratio == real / baseline
+    assert parameter_budget(baseline_exp).ratio == 1.0
+    assert budget.describe().endswith(f"x the base Transformer's {baseline:,} (attention in every layer, same config)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation splits of the classification tasks
+
+
+def test_listops_and_pathfinder_validate_on_their_generator_at_split_id_2():
+    listops = build_task("listops", **TINY_TASKS["listops"])
+    assert listops.num_examples("val") == TINY_TASKS["listops"]["num_test"]
+    params = ListOpsParams(min_length=10, max_length=40)
+    inputs, labels = listops.batch("val", [0, 3])
+    for row, index in enumerate([0, 3]):
+        tokens, label = listops_example(0, "val", index, params)
+        assert torch.equal(inputs[row, : tokens.size], torch.from_numpy(tokens)) and int(labels[row]) == label
+    pathfinder = build_task("pathfinder", **TINY_TASKS["pathfinder"])
+    assert pathfinder.num_examples("val") == TINY_TASKS["pathfinder"]["num_test"]
+    pixels, label = pathfinder_example(pathfinder.config, 0, "val", 2)
+    inputs, labels = pathfinder.batch("val", [2])
+    assert torch.equal(inputs[0], torch.from_numpy(pixels.astype(np.int64))) and int(labels[0]) == label
+
+
+def test_sfmnist_holds_the_last_tenth_of_the_training_order_out_for_validation(tmp_path: Path):
+    from longseq.data.fashion_mnist import load_fashion_mnist
+    from longseq.data.samples import write_samples
+
+    root = write_samples(tmp_path)["fashion-mnist"]
+    task = build_task("sfmnist", paths={"fashion-mnist": str(root)})
+    assert (task.num_examples("train"), task.num_examples("val"), task.num_examples("test")) == (58, 6, 32)
+    images, _ = load_fashion_mnist("train", root)
+    flat = images.reshape(64, -1)
+
+    def which(split: str) -> list[int]:
+        inputs = task.batch(split, range(task.num_examples(split)))[0].numpy()
+        return [int(np.flatnonzero((flat == row).all(axis=1))[0]) for row in inputs]
+
+    train, val = which("train"), which("val")
+    assert sorted(train + val) == list(range(64))  # every training image once, in one of the two splits
+    with pytest.raises(TaskParameterError, match=r"num_train=60: the train split has 58 images; allowed <= 58"):
+        build_task("sfmnist", paths={"fashion-mnist": str(root)}, num_train=60)
+
+
+def test_window_classification_validates_on_the_test_regions(tmp_path: Path):
+    from longseq.data.samples import write_samples
+    from longseq.data.windows import split_region
+
+    roots = write_samples(tmp_path)
+    task = build_task("dna_species", paths={d: str(roots[d]) for d in ("bowtie-examples", "sibelia-examples",
+                                                                        "kmer-examples")}, seq_len=1024)
+    cuts = {pool.regions[0].name: split_region(pool.regions[0].name, pool.regions[0].data, "test").start
+            for pool in task.windows.pools["test"]}
+    for _, _, window in task.draws("val", range(16)):
+        assert window.start >= cuts[window.name]  # inside the test region, never in a training window
+    assert task.num_examples("val") == task.num_examples("test")
+    assert not torch.equal(task.batch("val", range(4))[0], task.batch("test", range(4))[0])

@@ -106,8 +106,8 @@ def test_batch_stacks_examples_as_int64_tokens() -> None:
         assert torch.equal(tokens[row], torch.from_numpy(pixels.astype(np.int64))) and int(labels[row]) == label
     empty_tokens, empty_labels = pathfinder_batch(config, 0, "test", [])
     assert empty_tokens.shape == (0, 1024) and empty_labels.shape == (0,)
-    with pytest.raises(ExampleIndexError, match="unknown split 'val'"):
-        pathfinder_batch(config, 0, "val", [0])
+    with pytest.raises(ExampleIndexError, match="unknown split 'valid'"):
+        pathfinder_batch(config, 0, "valid", [0])
     with pytest.raises(ExampleIndexError, match="integers >= 0"):
         pathfinder_batch(config, 0, "test", [-1])
 

@@ -60,7 +60,8 @@ def dna_lm(roots, **params):
 def test_sfmnist_tokens_are_the_images_pixels_in_raster_order(roots):
     task = sfmnist(roots)
     assert (task.seq_len, task.vocab_size, task.num_classes, task.pad_id) == (784, 256, 10, None)
-    assert task.num_examples("train") == 64 and task.num_examples("test") == 32  # every image of the sample
+    # the sample's 64 training images: 58 to train, the last 10% of the seeded order held out; every test image
+    assert task.num_examples("train") == 58 and task.num_examples("val") == 6 and task.num_examples("test") == 32
     images, labels = load_fashion_mnist("test", roots["fashion-mnist"])
     inputs, targets = task.batch("test", range(32))
     # a seeded order of the split's images: every image once, with its own label

@@ -1,7 +1,8 @@
 """What every registered task promises, checked on each with its default parameters: an example is a function of
 (seed, split, index) only — not of the batch it is asked in, nor of its order — train and test streams differ,
-another seed gives other data, ``describe()`` rebuilds an identical task, and batches have the shapes and value
-ranges of the task's kind (token task or classification task, ``longseq.tasks.base``)."""
+another seed gives other data, ``describe()`` rebuilds an identical task, batches have the shapes and value
+ranges of the task's kind (token task or classification task, ``longseq.tasks.base``), and every classification
+task, only they, has a validation split."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from longseq.tasks import (
     is_classification,
     padding_mask,
 )
+from longseq.tasks.base import VAL_SPLITS, is_classification_class, task_class, task_splits
 
 TASKS = sorted(available_tasks())
 
@@ -55,8 +57,11 @@ def test_describe_rebuilds_an_identical_task(name):
 @pytest.mark.parametrize("name", TASKS)
 def test_bad_splits_and_indices_are_refused(name):
     task = build_task(name)
-    with pytest.raises(ExampleIndexError, match=r"unknown split 'val'"):
-        task.batch("val", [0])
+    with pytest.raises(ExampleIndexError, match=r"unknown split 'valid'; allowed: 'train', "):
+        task.batch("valid", [0])
+    if "val" not in task_splits(task):
+        with pytest.raises(ExampleIndexError, match=r"unknown split 'val'; allowed: 'train', 'test'$"):
+            task.num_examples("val")
     size = task.num_examples("test")
     with pytest.raises(ExampleIndexError, match=rf"index {size} is out of range for split 'test'"):
         task.batch("test", [size])
@@ -90,3 +95,24 @@ def test_batches_have_the_shapes_and_ranges_of_the_task_kind(name):
         supervised = labels != IGNORE_INDEX
         assert supervised.any(dim=1).all()
         assert int(labels[supervised].min()) >= 0 and int(labels[supervised].max()) < task.vocab_size
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_classification_tasks_have_a_validation_split_and_token_tasks_none(name):
+    """The validation split is LRA's (test accuracy at the best validation checkpoint): every classification
+    task has one, drawn from streams or data of its own; token tasks refuse it (tasks/base.py)."""
+    task = build_task(name)
+    assert is_classification_class(task_class(name)) == is_classification(task)
+    if not is_classification(task):
+        assert task_splits(task) == ("train", "test")
+        return
+    assert task_splits(task) == VAL_SPLITS
+    size = task.num_examples("val")
+    assert size >= 1
+    val = task.batch("val", range(min(8, size)))
+    again = build_task(name).batch("val", range(min(8, size)))
+    assert all(torch.equal(a, b) for a, b in zip(val, again, strict=True))
+    for other in ("train", "test"):
+        assert not torch.equal(val[0], task.batch(other, range(min(8, size)))[0])
+    with pytest.raises(ExampleIndexError, match=rf"index {size} is out of range for split 'val'"):
+        task.batch("val", [size])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from longseq.data.idx import write_idx
 from longseq.tasks import build_task
 from longseq.tasks.fingerprint import FINGERPRINT_EXAMPLES, data_fingerprint, task_fingerprint
 from longseq.tasks.mqar import MQAR
@@ -75,3 +78,39 @@ def test_fingerprint_dtype_and_shape_matter(monkeypatch):
 def test_fingerprint_refuses_a_bad_example_count(examples):
     with pytest.raises(ValueError, match=r"examples=.*: allowed an int >= 1"):
         data_fingerprint(build_task("mqar", **PARAMS), examples=examples)
+
+
+# Fingerprints computed before the validation split existed: adding "val" must not move any of them (the
+# fingerprint hashes train and test only), so every stored run stays comparable with new ones.
+PINNED_FINGERPRINTS = [
+    ("mqar", {}, "6ab592a94ff9f1c9"),
+    ("passkey", {}, "f07946877c9b5b9b"),
+    ("joint_recall", {}, "529e3e6d517552f1"),
+    ("listops", {}, "ee9b0c376839c68d"),
+    ("listops", {"min_length": 10, "max_length": 40, "num_train": 64, "num_test": 16}, "f92434dee79ac24d"),
+    ("pathfinder", {"size": 32, "difficulty": "easy"}, "46892f7d2fd7fc8a"),
+    ("bytetext", {}, "13e4577c4da0c0ff"),  # the sample copies of tests/conftest.py
+    ("dna_species", {}, "e33a582ce352ec5d"),
+    ("dna_lm", {}, "c4f5614bc12fae7f"),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "expected"), PINNED_FINGERPRINTS)
+def test_fingerprints_of_existing_tasks_are_pinned(name, params, expected):
+    assert task_fingerprint(name, **params) == expected
+
+
+def _fashion_mnist_copy(root: Path) -> None:
+    """200 train and 40 test random images in the IDX layout: more than the 64 hashed train examples remain once
+    sfmnist holds 10% of the train images out for validation (the sample copy has only 64)."""
+    rng = np.random.default_rng(5)
+    for prefix, count in (("train", 200), ("t10k", 40)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(count, 28, 28)).astype(np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(count) % 10).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("params", "expected"), [({}, "8f0491173e099f7b"),
+                                                  ({"pad32": True, "permute": "bitrev"}, "c97e598785ac0a35")])
+def test_sfmnist_fingerprint_is_pinned_where_the_held_out_images_leave_64_train_examples(tmp_path, params, expected):
+    _fashion_mnist_copy(tmp_path)
+    assert task_fingerprint("sfmnist", paths={"fashion-mnist": str(tmp_path)}, **params) == expected

@@ -672,3 +672,110 @@ def test_time_budget_is_not_a_trajectory_field(tmp_path):
 def test_time_budget_must_be_positive():
     with pytest.raises(TrainConfigError, match=r"time_budget_s=0\.0: .*greater than 0"):
         TrainConfig(steps=10, time_budget_s=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint selection on the validation split (TrainConfig.select_on, LRA's protocol)
+
+
+class ValTask(IdentityTask):
+    """IdentityTask with a validation split of its own stream (split id 2)."""
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.sizes["val"] = 24
+
+    def batch(self, split, indices):
+        if split != "val":
+            return super().batch(split, indices)
+        rows = [np.random.default_rng([self.seed, 2, int(i)]).integers(0, VOCAB, SEQ_LEN) for i in indices]
+        inputs = torch.from_numpy(np.stack(rows)).long()
+        labels = inputs.clone()
+        labels[:, ::2] = IGNORE_INDEX
+        return inputs, labels
+
+
+def test_select_on_is_left_out_of_the_dump_at_its_default_so_existing_configs_stay_the_same():
+    plain, val = TrainConfig(steps=2), TrainConfig(steps=2, select_on="val")
+    assert "select_on" not in plain.to_json_dict() and val.to_json_dict()["select_on"] == "val"
+    assert TrainConfig(**plain.to_json_dict()) == plain and TrainConfig(**val.to_json_dict()) == val
+    assert TrainConfig.field_of(plain.to_json_dict(), "select_on") == "test"
+    with pytest.raises(TrainConfigError, match=r"select_on='best'"):
+        TrainConfig(steps=2, select_on="best")
+
+
+def test_select_on_val_needs_a_task_with_a_validation_split():
+    with pytest.raises(ValueError, match=r"select_on='val': task 'toy-identity' has no such split \(it has: train, "
+                                         r"test\)"):
+        Trainer(make_model(), IdentityTask(), config(select_on="val"), progress=False)
+
+
+def test_select_on_val_scores_the_best_validation_weights_on_test(tmp_path, monkeypatch):
+    scripted = iter([0.2, 0.7, 0.5, 0.7])  # validations at steps 3, 6, 9 and of the last weights (12)
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, split="test", num_examples=None):
+        metrics = real_evaluate(self, split, num_examples)
+        return {**metrics, "accuracy": next(scripted)} if split == "val" else metrics
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    cfg = config(steps=12, eval_every=3, checkpoint_every=3, keep_checkpoints=None, out_dir=tmp_path,
+                 select_on="val")
+    model = make_model()
+    result = Trainer(model, ValTask(), cfg, progress=False).train()
+    assert next(scripted, None) is None  # four validations, no more
+    assert result.metrics["selected_step"] == 6 and result.metrics["val_accuracy"] == 0.7  # a tie keeps the earlier
+    assert result.best_metric == 0.7 and set(result.metrics) == {"accuracy", "loss", "val_accuracy", "val_loss",
+                                                                 "selected_step"}
+    selected = safetensors.torch.load_file(tmp_path / "checkpoints" / "step-00000006" / "model.safetensors")
+    final = safetensors.torch.load_file(tmp_path / "checkpoints" / "step-00000012" / "model.safetensors")
+    assert all(torch.equal(selected[name], final[name]) for name in selected)  # the final checkpoint: step 6's
+    assert all(torch.equal(selected[name], t) for name, t in model.state_dict().items())  # and the model object
+    fresh = make_model(1)
+    fresh.load_state_dict(selected)
+    check = Trainer(fresh, ValTask(), config(), progress=False).evaluate("test")
+    assert (result.metrics["accuracy"], result.metrics["loss"]) == (check["accuracy"], check["loss"])
+    evals = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [(r["step"], r["split"]) for r in evals] == [(3, "val"), (6, "val"), (9, "val"), (12, "val"), (12, "test")]
+    assert evals[-1]["selected_step"] == 6 and evals[-1]["examples"] == 24
+    assert (tmp_path / "checkpoints" / "step-00000009" / "extra.safetensors").is_file()
+    assert not (tmp_path / "checkpoints" / "step-00000012" / "extra.safetensors").exists()
+
+
+def test_select_on_val_resumes_exactly_with_the_selected_weights_saved_in_the_checkpoints(tmp_path):
+    cfg = dict(steps=12, checkpoint_every=5, eval_every=2, log_every=2, select_on="val")
+    straight = make_model(0)
+    expected = Trainer(straight, ValTask(), config(out_dir=tmp_path / "a", **cfg), progress=False).train()
+
+    class FailingValTask(ValTask):
+        def batch(self, split, indices):
+            if split == "train" and self.train_batches + 1 == 8:
+                raise KeyboardInterrupt
+            return super().batch(split, indices)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(0), FailingValTask(), config(out_dir=tmp_path / "b", **cfg), progress=False).train()
+    resumed = make_model(5)
+    result = Trainer(resumed, ValTask(), config(out_dir=tmp_path / "b", **cfg), progress=False).train(resume=True)
+    assert result.metrics == expected.metrics and result.best_metric == expected.best_metric
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match=r"select_on: checkpoint 'val', now 'test'"):
+        Trainer(make_model(), ValTask(), config(out_dir=tmp_path / "b", **{**cfg, "select_on": "test"}),
+                progress=False).train(resume=True)
+
+
+def test_extra_tensors_round_trip_with_their_checksum(tmp_path):
+    from longseq.train.checkpoint import read_extra_tensors
+
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=0, total_steps=4, min_lr_ratio=0.1)
+    saved = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_checkpoint(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, step=1, config={}, extra={},
+                    extra_tensors=saved)
+    assert torch.equal(read_extra_tensors(tmp_path)["w"], saved["w"])
+    save_checkpoint(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, step=2, config={}, extra={})
+    assert read_extra_tensors(tmp_path) is None and not (tmp_path / "extra.safetensors").exists()

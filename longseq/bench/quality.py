@@ -50,6 +50,24 @@ is bounded is the suite's ``split``:
 
 Either way runs that find no time left are not started and are reported as ``out_of_budget`` (a later call
 runs them).
+
+**Classification tasks** (LRA's: ListOps, Pathfinder, the stand-ins) train encoders (``ExperimentConfig.classifier``):
+their cells are validated with every mixer built in the classifier's pattern (non-causal self by default, causal
+self for a mixer that has only that), where token tasks build causal LMs; ``mixers: all`` lists, beside the causal
+mixers for token tasks, every mixer that can take the classifier's pattern. A suite's ``classifier`` (pattern,
+pooling) applies to its classification tasks and joins a run's key only when it is not the default, so the keys of
+suites without one stay what they were.
+
+A cell whose mixer is built with a ``max_len`` below the task's sequence length (each sequence of a pair task) is
+dropped too: it would refuse every batch. A suite uses that to run a mixer only up to where it fits (``dna.yaml``).
+
+**Parameter budget.** A suite may set ``param_budget`` (LRA's rule: 1.1, at most 10% more parameters than the base
+Transformer of the same config, ``longseq.train.experiment.parameter_budget``): a cell whose model is larger is
+dropped at planning time with its count and ratio. ``parameter_budgets`` lists every cell's.
+
+**Missing datasets.** A cell whose task reads a dataset that is not installed cannot be planned (its key needs the
+data's fingerprint): it is reported as ``missing data`` with the install command (``QualityPlan.unavailable``,
+``QualityReport.unavailable``), and the other cells run.
 """
 
 from __future__ import annotations
@@ -59,8 +77,8 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -72,14 +90,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from longseq.bench.ranking import RUNNER_TRAIN_FIELDS, format_value, rank_runs
+from longseq.data.registry import DatasetMissing
 from longseq.mixers import Pattern, available, mixer_class
 from longseq.mixers.registry import hyper_names
 from longseq.models.config import ModelConfig, parse_layer_unit
 from longseq.results.store import ResultsStore
-from longseq.tasks import available_tasks
+from longseq.tasks import available_tasks, is_classification, is_classification_class, num_segments, task_class
 from longseq.tasks.fingerprint import data_fingerprint
 from longseq.train.config import TrainConfig
-from longseq.train.experiment import ExperimentConfig, TaskSpec, run_experiment
+from longseq.train.experiment import (
+    ClassifierSpec,
+    ExperimentConfig,
+    ParameterBudget,
+    TaskSpec,
+    parameter_budget,
+    run_experiment,
+)
 from longseq.train.trainer import latest_checkpoint
 from longseq.userinput import coerce_number, describe_error, parse_assignments, parse_scalar
 
@@ -287,12 +313,15 @@ class QualitySuite(BaseModel):
     """A quality benchmark: tasks x mixers x grid, trained under ``budget_s`` seconds of wall time in total.
 
     ``mixers``: mixer names or layer patterns (``"mamba*3,attention"``), or ``"all"`` = every registered
-    mixer that supports the causal self pattern (the tasks train causal LMs). ``model``: ModelConfig fields
+    mixer that supports the causal self pattern (token tasks train causal LMs) and, for a suite with
+    classification tasks, every one that can take the classifier's pattern. ``model``: ModelConfig fields
     except ``vocab_size`` and ``layers`` (``mixer_hypers`` entries apply to the cells that use the mixer).
     ``train``: TrainConfig fields except ``out_dir`` and ``time_budget_s``. ``grid``: key -> values, see the
     module docstring. ``findings``: the paper claims the report checks on this suite's runs (``Finding``).
     ``split``: ``"time"`` (the budget split evenly over the runs left) or ``"steps"`` (every run trains its
     full ``steps``; the budget only decides which runs start); see the module docstring.
+    ``classifier``: the encoder's pattern and pooling for the classification tasks (``ClassifierSpec``).
+    ``param_budget``: the largest parameter count allowed, as a multiple of the base Transformer's (LRA: 1.1).
     Construction validates everything that does not depend on a cell; a cell that cannot be
     built (e.g. ``4 * num_kv_pairs > seq_len``) is dropped at planning time with its reason.
     """
@@ -308,6 +337,8 @@ class QualitySuite(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     findings: list[Finding] = Field(default_factory=list)
     split: Literal["time", "steps"] = "time"
+    classifier: ClassifierSpec = Field(default_factory=ClassifierSpec)
+    param_budget: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -353,6 +384,9 @@ class QualitySuite(BaseModel):
         for task in self.tasks:
             if task.name not in known_tasks:
                 raise ValueError(f"unknown task {task.name!r}; available: {', '.join(known_tasks)}")
+        if self.classifier != ClassifierSpec() and not self.has_classification:
+            raise ValueError(f"classifier={self.classifier.model_dump()} applies to classification tasks, and the "
+                             "suite has none: remove it")
         for key in self.model:
             if key not in _model_fields() and key != "mixer_hypers":
                 raise ValueError(
@@ -382,12 +416,29 @@ class QualitySuite(BaseModel):
             return []
         return sorted({name for pattern in self.mixers for name in layer_names(pattern)})
 
+    @property
+    def has_classification(self) -> bool:
+        """Whether some task of the suite is a classification task (known from its class: no dataset is read)."""
+        return any(is_classification_class(task_class(task.name)) for task in self.tasks)
+
+    @property
+    def has_token_tasks(self) -> bool:
+        return not all(is_classification_class(task_class(task.name)) for task in self.tasks)
+
     def resolved_mixers(self) -> list[str]:
         """The layer patterns this suite trains: its list, or for ``"all"`` every registered mixer whose default
-        hypers support the causal self pattern."""
+        hypers support the causal self pattern (for token tasks) or a pattern the suite's classifier takes (for
+        classification tasks), in registry order."""
         if self.mixers != ALL_MIXERS:
             return list(self.mixers)
-        return [info.name for info in available() if Pattern.CAUSAL_SELF in info.cls.supported_patterns()]
+        wanted = set()
+        if self.has_token_tasks:
+            wanted.add(Pattern.CAUSAL_SELF)
+        if self.has_classification:
+            explicit = self.classifier.pattern != "auto"
+            wanted |= {Pattern.parse(self.classifier.pattern)} if explicit else {Pattern.NONCAUSAL_SELF,
+                                                                                  Pattern.CAUSAL_SELF}
+        return [info.name for info in available() if wanted & info.cls.supported_patterns()]
 
     def with_grid(self, grid: dict[str, list[Any]]) -> QualitySuite:
         """A validated copy whose grid has ``grid``'s keys replaced (other keys kept)."""
@@ -514,11 +565,13 @@ class QualityRun:
 
 @dataclass(frozen=True)
 class QualityPlan:
-    """The runs of a suite (cells in task, mixer, grid order; learning rates innermost) and the dropped cells."""
+    """The runs of a suite (cells in task, mixer, grid order; learning rates innermost), the dropped cells and the
+    cells whose dataset is missing (``unavailable``), each with its reason."""
 
     suite: QualitySuite
     runs: list[QualityRun]
     dropped: list[tuple[Cell, str]]
+    unavailable: list[tuple[Cell, str]] = field(default_factory=list)
 
     @property
     def cells(self) -> list[Cell]:
@@ -554,6 +607,8 @@ def run_key(
     }
     if config.extra_evals:  # only then: the keys of suites without them stay what they were
         identity["extra_evals"] = config.extra_evals
+    if config.classifier != ClassifierSpec():  # likewise
+        identity["classifier"] = config.classifier.model_dump()
     if split != "time":  # likewise
         identity["split"] = split
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -591,47 +646,59 @@ def _cell_config(suite: QualitySuite, task: SuiteTask, mixer: str, settings: dic
     model["layers"] = mixer
     if hypers:
         model["mixer_hypers"] = hypers
+    classifier = ({"classifier": suite.classifier.model_dump()}
+                  if is_classification_class(task_class(task.name)) else {})
     return {"task": {"name": task.name, "params": params}, "model": model, "train": train,
-            "extra_evals": [dict(override) for override in task.eval]}
+            "extra_evals": [dict(override) for override in task.eval], **classifier}
 
 
 def _validated_run_config(data: dict[str, Any], lr: float | None) -> ExperimentConfig:
-    """The ExperimentConfig of a cell at ``lr``; every failure is a ValueError with a one-line reason."""
+    """The ExperimentConfig of a cell at ``lr``; every failure is a ValueError with a one-line reason (a missing
+    dataset: ``DatasetMissing``)."""
     train = TrainConfig(**(data["train"] if lr is None else {**data["train"], "lr": lr}))
     spec = TaskSpec(**data["task"])
     task = spec.build()
     model = ModelConfig(vocab_size=task.vocab_size, **data["model"])
+    classifier = ClassifierSpec(**data.get("classifier", {}))
+    # Token tasks train causal LMs, classification tasks encoders in the classifier's pattern; ModelConfig only
+    # checks that each mixer builds in some pattern.
+    pattern = classifier.resolve(model)[0] if is_classification(task) else Pattern.CAUSAL_SELF
+    length = task.seq_len // num_segments(task)  # what each mixer sees (a pair task: one of its two sequences)
     for name in sorted(set(model.layer_names)):
-        # The tasks train causal LMs; ModelConfig only checks that the mixer builds in some pattern.
         with torch.device("meta"):
-            model.build_mixer(name, Pattern.CAUSAL_SELF)
-    return ExperimentConfig(task=spec, model=data["model"], train=train, extra_evals=data.get("extra_evals", []))
+            mixer = model.build_mixer(name, pattern)
+        if mixer.max_len is not None and mixer.max_len < length:  # it would refuse every batch (SequenceTooLong)
+            raise ValueError(f"mixer '{name}' is built with max_len={mixer.max_len}, below the task's sequence "
+                             f"length {length}")
+    return ExperimentConfig(task=spec, model=data["model"], train=train, extra_evals=data.get("extra_evals", []),
+                            classifier=classifier)
 
 
-def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) -> QualityPlan:
-    """Expand ``suite`` into runs; cells whose config does not validate are dropped with the reason.
-
-    ``mixers`` restricts the suite to some of its mixers (``QualitySuiteError`` for one it does not cover).
-    """
+def _chosen_mixers(suite: QualitySuite, mixers: Sequence[str] | None) -> list[str]:
+    """The suite's layer patterns, restricted to ``mixers`` (``QualitySuiteError`` for one it does not cover)."""
     chosen = suite.resolved_mixers()
-    if mixers is not None:
-        outside = [m for m in mixers if m not in chosen]
-        if outside:
-            raise QualitySuiteError(
-                f"mixers {outside} are not in suite {suite.name!r}; "
-                f"it covers: {', '.join(chosen) or '(no registered mixer)'}"
-            )
-        chosen = [m for m in chosen if m in mixers]
-    runs: list[QualityRun] = []
-    dropped: list[tuple[Cell, str]] = []
+    if mixers is None:
+        return chosen
+    outside = [m for m in mixers if m not in chosen]
+    if outside:
+        raise QualitySuiteError(
+            f"mixers {outside} are not in suite {suite.name!r}; "
+            f"it covers: {', '.join(chosen) or '(no registered mixer)'}"
+        )
+    return [m for m in chosen if m in mixers]
+
+
+def _expand(suite: QualitySuite, mixers: Sequence[str] | None) -> Iterator[tuple[Cell, list[ExperimentConfig],
+                                                                                   ValueError | None]]:
+    """Every cell of ``suite`` (restricted to ``mixers``) with its validated configs, one per learning rate, or
+    the error that refuses it (then no configs)."""
     lrs: list[float | None] = list(suite.grid.get("lr", [None]))
-    fingerprints: dict[str, str] = {}  # one per distinct task in this plan
     for task in suite.tasks:
-        for mixer in chosen:
+        for mixer in _chosen_mixers(suite, mixers):
             try:
                 names = layer_names(mixer)
             except ValueError as error:
-                dropped.append((Cell(task.spec, mixer, ()), describe_error(error)))
+                yield Cell(task.spec, mixer, ()), [], error
                 continue
             keys = _cell_grid_keys(suite, names)
             for values in itertools.product(*(suite.grid[k] for k in keys)):
@@ -639,26 +706,54 @@ def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) ->
                 data = _cell_config(suite, task, mixer, settings)
                 cell = Cell(TaskSpec(**data["task"]), mixer, tuple(settings.items()))
                 try:
-                    configs = [_validated_run_config(data, lr) for lr in lrs]
+                    yield cell, [_validated_run_config(data, lr) for lr in lrs], None
                 except ValueError as error:
-                    dropped.append((cell, describe_error(error)))
-                    continue
-                built = configs[0].task.build()
-                task_id = json.dumps({"name": built.name, **built.describe()}, sort_keys=True, default=str)
-                if task_id not in fingerprints:
-                    fingerprints[task_id] = data_fingerprint(built)
-                fingerprint = fingerprints[task_id]
-                runs += [
-                    QualityRun(
-                        cell,
-                        config.train.lr,
-                        config,
-                        run_key(suite.name, cell.task, mixer, config, fingerprint=fingerprint, split=suite.split),
-                        fingerprint,
-                    )
-                    for config in configs
-                ]
-    return QualityPlan(suite, runs, dropped)
+                    yield cell, [], error
+
+
+def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) -> QualityPlan:
+    """Expand ``suite`` into runs; cells whose config does not validate, or whose model is over the suite's
+    ``param_budget``, are dropped with the reason, and cells whose dataset is missing are listed as unavailable.
+
+    ``mixers`` restricts the suite to some of its mixers (``QualitySuiteError`` for one it does not cover).
+    """
+    runs: list[QualityRun] = []
+    dropped: list[tuple[Cell, str]] = []
+    unavailable: list[tuple[Cell, str]] = []
+    fingerprints: dict[str, str] = {}  # one per distinct task in this plan
+    for cell, configs, error in _expand(suite, mixers):
+        if error is not None:
+            (unavailable if isinstance(error, DatasetMissing) else dropped).append((cell, describe_error(error)))
+            continue
+        built = configs[0].task.build()
+        if suite.param_budget is not None:
+            budget = parameter_budget(configs[0], built)
+            if budget.ratio > suite.param_budget:
+                dropped.append((cell, f"over the suite's param_budget of {suite.param_budget:g}: {budget.describe()}"))
+                continue
+        task_id = json.dumps({"name": built.name, **built.describe()}, sort_keys=True, default=str)
+        if task_id not in fingerprints:
+            fingerprints[task_id] = data_fingerprint(built)
+        fingerprint = fingerprints[task_id]
+        runs += [
+            QualityRun(
+                cell,
+                config.train.lr,
+                config,
+                run_key(suite.name, cell.task, cell.mixer, config, fingerprint=fingerprint, split=suite.split),
+                fingerprint,
+            )
+            for config in configs
+        ]
+    return QualityPlan(suite, runs, dropped, unavailable)
+
+
+def parameter_budgets(suite: QualitySuite, *, mixers: Sequence[str] | None = None) -> list[tuple[Cell,
+                                                                                                 ParameterBudget]]:
+    """Each cell's parameter count against its base Transformer's (``train.experiment.parameter_budget``), for the
+    cells that validate, whatever the suite's ``param_budget``."""
+    return [(cell, parameter_budget(configs[0])) for cell, configs, error in _expand(suite, mixers)
+            if error is None]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -668,7 +763,8 @@ def plan_quality(suite: QualitySuite, *, mixers: Sequence[str] | None = None) ->
 @dataclass(frozen=True)
 class QualityReport:
     """What ``run_quality`` did: runs trained now (``ran``), already finished in the store (``skipped``),
-    cells dropped as invalid, runs that raised, runs not started for lack of time, the suite's leaderboard."""
+    cells dropped as invalid, runs that raised, runs not started for lack of time, the suite's leaderboard, and
+    the cells that could not run because their dataset is missing (``unavailable``, with the install command)."""
 
     suite: str
     ran: int
@@ -679,12 +775,15 @@ class QualityReport:
     leaderboard: list[dict[str, Any]]
     wall_time_s: float
     budget_s: float
+    unavailable: list[tuple[Cell, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line, e.g. ``suite demo: 4 ran, 0 skipped, 1 dropped, 0 failed, 0 out of budget in 290s of 300s``."""
+        """One line, e.g. ``suite demo: 4 ran, 0 skipped, 1 dropped, 0 failed, 0 out of budget in 290s of 300s``
+        (and ``, 3 cells missing data`` when some are)."""
+        missing = f", {len(self.unavailable)} cells missing data" if self.unavailable else ""
         return (
             f"suite {self.suite}: {self.ran} ran, {self.skipped} skipped, {len(self.dropped)} dropped, "
-            f"{len(self.failed)} failed, {len(self.out_of_budget)} out of budget "
+            f"{len(self.failed)} failed{missing}, {len(self.out_of_budget)} out of budget "
             f"in {self.wall_time_s:.0f}s of {self.budget_s:.0f}s"
         )
 
@@ -762,6 +861,8 @@ def run_quality(
     plan = plan_quality(suite, mixers=mixers)
     for cell, reason in plan.dropped:
         log(f"dropped {cell.label}: {reason}")
+    for cell, reason in plan.unavailable:
+        log(f"missing data {cell.label}: {reason}")
     todo = [run for run in plan.runs if store.finished_cell(run.key) is None]
     skipped = len(plan.runs) - len(todo)
     log(
@@ -820,6 +921,7 @@ def run_quality(
         leaderboard=leaderboard(store, suite=suite.name),
         wall_time_s=time.perf_counter() - started,
         budget_s=budget,
+        unavailable=plan.unavailable,
     )
 
 
@@ -906,6 +1008,7 @@ __all__ = [
     "leaderboard",
     "list_suites",
     "load_suite",
+    "parameter_budgets",
     "parse_grid",
     "plan_quality",
     "run_key",

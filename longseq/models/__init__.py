@@ -6,6 +6,7 @@ from longseq.models.classifier import SequenceClassifier
 from longseq.models.config import ModelConfig, parse_layer_pattern
 from longseq.models.encdec import EncoderDecoder
 from longseq.models.lm import CausalLM, LMOutput
+from longseq.models.two_tower import TwoTowerClassifier
 
 __all__ = ["Backbone", "Block", "CausalLM", "EncoderDecoder", "LMOutput", "ModelConfig", "SequenceClassifier",
-           "parse_layer_pattern"]
+           "TwoTowerClassifier", "parse_layer_pattern"]

@@ -1,6 +1,7 @@
 """Procedural tasks: deterministic data generators with their metrics, behind one ``Task`` interface."""
 
 from longseq.tasks import associative_recall as associative_recall
+from longseq.tasks import byte_retrieval as byte_retrieval
 from longseq.tasks import bytetext as bytetext
 from longseq.tasks import copying as copying
 from longseq.tasks import dna as dna
@@ -15,6 +16,8 @@ from longseq.tasks import sfmnist as sfmnist
 from longseq.tasks.base import (
     IGNORE_INDEX,
     SPLITS,
+    TRAIN_TEST,
+    VAL_SPLITS,
     ClassificationTask,
     ExampleIndexError,
     Task,
@@ -23,8 +26,12 @@ from longseq.tasks.base import (
     available_tasks,
     build_task,
     is_classification,
+    is_classification_class,
+    num_segments,
     padding_mask,
     register_task,
+    task_class,
+    task_splits,
 )
 from longseq.tasks.mqar import MQAR
 
@@ -32,6 +39,8 @@ __all__ = [
     "IGNORE_INDEX",
     "MQAR",
     "SPLITS",
+    "TRAIN_TEST",
+    "VAL_SPLITS",
     "ClassificationTask",
     "ExampleIndexError",
     "Task",
@@ -40,7 +49,11 @@ __all__ = [
     "available_tasks",
     "build_task",
     "is_classification",
+    "is_classification_class",
     "mqar",
+    "num_segments",
     "padding_mask",
     "register_task",
+    "task_class",
+    "task_splits",
 ]

@@ -12,7 +12,9 @@ Two kinds of task share the one ``Task`` protocol; a task's ``num_classes`` says
 - **Classification tasks** (LRA's ListOps, Pathfinder) set ``num_classes: int``. ``labels`` is ``(B,)``, one class
   id in ``[0, num_classes)`` per example, and ``score`` receives ``B`` predictions and targets with
   ``example_index = arange(B)`` (what ``SequenceClassifier`` returns); an encoder classifier is trained on them.
-  ``is_classification`` tells the two apart.
+  ``is_classification`` tells the two apart. A classification task may set ``segments = 2``: each row is then two
+  sequences of ``seq_len // 2`` tokens side by side (a pair: "do they match?"), which ``TwoTowerClassifier``
+  encodes apart with one shared encoder (``num_segments``).
 
 Padding, for either kind: a task whose rows have different lengths right-pads them to ``seq_len`` with its
 ``pad_id`` (an int, a token reserved for padding); the model then gets ``mask = inputs != pad_id``
@@ -21,9 +23,22 @@ Padding, for either kind: a task whose rows have different lengths right-pads th
 (``mqar_mixture`` pads with its filler token 0 and declares none: padding after a row's last supervised position
 does not change a causal model's outputs there.)
 
-The splits are ``train`` and ``test``. LRA also has a validation split (for choosing the checkpoint); it is not
-offered yet: ``SPLITS`` is what the data fingerprint hashes (``tasks/fingerprint.py`` iterates it), so a new split
-there would change every task's fingerprint, and nothing reads a validation split yet.
+**Splits.** Every task has ``train`` and ``test``. A task that also has a validation split (LRA reports test
+accuracy at the checkpoint that is best on validation: ``TrainConfig.select_on``) declares ``splits =
+VAL_SPLITS`` and generates ``val`` like the others, from its own split id (2) mixed into every example's seed, or
+from data held out for it. Which tasks have one, and what it is:
+
+- ``listops``, ``pathfinder``: an independent sample of the same generator, as large as the test split (LRA's
+  sizes: 2,000 and 2,000 for ListOps, 10% and 10% of the images for Pathfinder).
+- ``sfmnist``: the last 10% of the training images in the task's seeded order, held out of ``train`` (S4 holds 10%
+  of the training set out with a fixed seed).
+- ``bytetext``, ``dna_species``: windows drawn from the test regions by the validation streams (LRA's Text task
+  uses its test set for validation too); ``byte_retrieval``: held-out works of its own.
+- Token tasks have none: asking them for ``val`` is refused as an unknown split (``check_split``), and
+  ``TrainConfig.select_on="val"`` is refused for them when the experiment is built.
+
+The data fingerprint (``tasks/fingerprint.py``) hashes ``train`` and ``test`` only, so adding the validation split
+moved no fingerprint.
 """
 
 from __future__ import annotations
@@ -41,8 +56,12 @@ from torch import Tensor
 IGNORE_INDEX = -100
 """Label at unsupervised positions; ignored by the loss and by ``score``."""
 
-SPLITS: dict[str, int] = {"train": 0, "test": 1}
-"""Split name -> the split id mixed into every example's seed, so train and test streams differ."""
+SPLITS: dict[str, int] = {"train": 0, "test": 1, "val": 2}
+"""Split name -> the split id mixed into every example's seed, so the streams of the splits differ."""
+TRAIN_TEST: tuple[str, ...] = ("train", "test")
+"""The splits of a task without a validation split (the default of ``task_splits``)."""
+VAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""The splits of a task with a validation split; such a task sets ``splits = VAL_SPLITS``."""
 
 
 class TaskParameterError(ValueError):
@@ -76,7 +95,7 @@ class Task(Protocol):
     higher_is_better: bool
 
     def num_examples(self, split: str) -> int:
-        """Number of examples in ``split`` ("train" or "test")."""
+        """Number of examples in ``split`` ("train", "test", and "val" for a task that has it)."""
         ...
 
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -106,6 +125,25 @@ def is_classification(task: Task) -> bool:
     return getattr(task, "num_classes", None) is not None
 
 
+def is_classification_class(cls: type) -> bool:
+    """Whether the task class ``cls`` makes classification tasks, known without building one (which may need a
+    dataset): the class, or a base, declares ``num_classes``, as a value or as an annotation (the count then
+    depends on the parameters, e.g. ``dna_species``' species list)."""
+    return any("num_classes" in vars(klass) or "num_classes" in getattr(klass, "__annotations__", {})
+               for klass in cls.__mro__)
+
+
+def task_splits(task: Task) -> tuple[str, ...]:
+    """The splits ``task`` has: its ``splits`` (``VAL_SPLITS`` for a task with a validation split), else train and
+    test."""
+    return tuple(getattr(task, "splits", TRAIN_TEST))
+
+
+def num_segments(task: Task) -> int:
+    """How many sequences side by side each row of ``task`` holds: its ``segments`` (2 for a pair task), else 1."""
+    return int(getattr(task, "segments", 1))
+
+
 def padding_mask(task: Task, inputs: Tensor) -> Tensor | None:
     """``mask: (B, L) bool``, True on real tokens, for ``inputs: (B, L)`` of ``task``; None when the task declares
     no ``pad_id`` (then every position is a real token)."""
@@ -117,10 +155,11 @@ def padding_mask(task: Task, inputs: Tensor) -> Tensor | None:
 # Helpers for generators
 
 
-def check_split(split: str) -> int:
-    """The split id of ``split``; raises ``ExampleIndexError`` for anything but the known split names."""
-    if split not in SPLITS:
-        raise ExampleIndexError(f"unknown split {split!r}; allowed: {', '.join(map(repr, SPLITS))}")
+def check_split(split: str, allowed: Sequence[str] = TRAIN_TEST) -> int:
+    """The split id (``SPLITS``) of ``split``; raises ``ExampleIndexError`` for a split not in ``allowed`` (by
+    default train and test: ``val`` only for a task that passes its ``VAL_SPLITS``)."""
+    if split not in allowed:
+        raise ExampleIndexError(f"unknown split {split!r}; allowed: {', '.join(map(repr, allowed))}")
     return SPLITS[split]
 
 
@@ -278,15 +317,20 @@ def available_tasks() -> dict[str, str]:
     return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in sorted(_REGISTRY.items())}
 
 
+def task_class(name: str) -> type:
+    """The class registered as ``name``; ``UnknownTaskError`` listing the registered ones."""
+    if name not in _REGISTRY:
+        raise UnknownTaskError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY)) or '(none)'}")
+    return _REGISTRY[name]
+
+
 def build_task(name: str, **params: Any) -> Task:
     """Construct the task registered as ``name`` with ``params``.
 
     Unknown names raise ``UnknownTaskError`` listing the registered ones; unknown, mistyped or out-of-range
     parameters raise ``TaskParameterError`` naming the field, the value and what is allowed.
     """
-    if name not in _REGISTRY:
-        raise UnknownTaskError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY)) or '(none)'}")
-    cls = _REGISTRY[name]
+    cls = task_class(name)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

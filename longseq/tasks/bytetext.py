@@ -17,10 +17,12 @@ that class: a longer document gives proportionally more windows, a class's share
 **Split.** The first 80% of every document is train and the last 20% test (``data.windows``): test windows come
 from the same works as the train ones but never share a byte position with them. A document takes part when both
 of its regions hold a window (at 4,096: 20,480 bytes or more; the shortest Shakespeare poems and many short Python
-documentation pages do not). Defaults: 25,000 train and 25,000 test examples, LRA's (IMDb's) split sizes.
+documentation pages do not). Defaults: 25,000 train and 25,000 test examples, LRA's (IMDb's) split sizes. The
+validation split (``num_test`` examples) draws other windows from the test regions, as LRA validates Text on its
+test set (``tasks/_real.py``).
 
-The documents with their sources and genres (``Document``) and the window pools are what a retrieval stand-in
-(two windows: same work or not?) would draw from too.
+The documents with their sources and genres (``Document``) are what the retrieval stand-in ``byte_retrieval`` (two
+windows: same work or not?) draws from too.
 """
 
 from __future__ import annotations

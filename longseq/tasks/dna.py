@@ -11,9 +11,11 @@ NCTC 8325, *H. pylori* F32, *M. tuberculosis* H37Rv, *M. leprae* TN (datasets ``
 ``sibelia-examples``, ``kmer-examples``); ``lambda_phage`` (``bowtie2-examples``) can be added, for windows up to
 its 9,700-base test region. The class is uniform, then the window uniform within the class's genome. **Split:**
 the first 80% of each genome is train, the last 20% test (``data.windows``), so no test window overlaps a train
-window. Repeated elements of a genome (rRNA operons, insertion sequences) occur on both sides of the cut, as
-repeats do across HyenaDNA's held-out human chromosomes. Composition (GC content: 33% to 66% here) separates some
-species at any length; telling the two mycobacteria or *E. coli* from the rest from short windows is harder.
+window; the validation split (``num_test`` examples) draws other windows from the test regions
+(``tasks/_real.py``). Repeated elements of a genome (rRNA operons, insertion sequences) occur on both sides of the
+cut, as repeats do across HyenaDNA's held-out human chromosomes. Composition (GC content: 33% to 66% here)
+separates some species at any length; telling the two mycobacteria or *E. coli* from the rest from short windows is
+harder.
 
 **dna_lm** (token task): a window of ``seq_len + 1`` bases gives ``inputs`` its first ``seq_len`` and ``labels``
 its last ``seq_len`` (the next base at every position, all supervised). Train windows come from the

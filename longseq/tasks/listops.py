@@ -55,7 +55,7 @@ parameters are refused when no tree fits the length window or when the rejection
 The registered task ``listops`` (``ListOps``) is a classification task (``tasks/base.py``): ``inputs: (B,
 max_length)`` as ``listops_batch`` pads them (``pad_id`` 0, so the model's mask is ``inputs != 0``), ``labels:
 (B,)`` the values 0..9 (``num_classes`` 10), metric accuracy. LRA's split sizes are the defaults: 96,000 train and
-2,000 test examples (LRA's 2,000 validation examples have no split here yet: see ``tasks/base.py``).
+2,000 test examples, and a validation split (``val``, split id 2) as large as the test split: LRA's 2,000.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ from pydantic import Field
 from torch import Tensor
 
 from longseq.tasks.base import (
+    VAL_SPLITS,
     ExampleIndexError,
     TaskParameterError,
     check_indices,
@@ -342,7 +343,7 @@ def listops_example(seed: int, split: str, index: int, params: ListOpsParams | N
     """Example ``index`` of ``split``: ``(token_ids: (L,) int64, label: int)`` with ``min_length < L < max_length``
     and label 0..9; a pure function of ``(seed, split, index, params)`` (LRA defaults when ``params`` is None)."""
     params = ListOpsParams() if params is None else params
-    split_id = check_split(split)
+    split_id = check_split(split, VAL_SPLITS)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise TaskParameterError(f"listops: seed={seed!r}: allowed an int >= 0")
     if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
@@ -386,8 +387,9 @@ class ListOps:
     """LRA ListOps: the value (0-9) of a nested MIN/MAX/MED/SM expression, one label per sequence.
 
     Parameters: the generator's (``ListOpsParams``: ``max_depth``, ``max_args``, ``min_length``, ``max_length``;
-    LRA's defaults 10, 10, 500, 2000), the split sizes (LRA's 96,000 train and 2,000 test) and the seed. Rows are
-    right-padded with ``pad_id`` 0 to ``seq_len = max_length``.
+    LRA's defaults 10, 10, 500, 2000), the split sizes (LRA's 96,000 train and 2,000 test; ``val`` has
+    ``num_test`` examples, LRA's 2,000) and the seed. Rows are right-padded with ``pad_id`` 0 to
+    ``seq_len = max_length``.
     """
 
     name = "listops"
@@ -396,6 +398,7 @@ class ListOps:
     pad_id = PAD_ID
     metric_name = "accuracy"
     higher_is_better = True
+    splits = VAL_SPLITS
 
     def __init__(
         self,
@@ -420,8 +423,8 @@ class ListOps:
         self.seed = seed
 
     def num_examples(self, split: str) -> int:
-        """Number of examples in ``split`` ("train" or "test")."""
-        check_split(split)
+        """Number of examples in ``split``: ``num_train``, or ``num_test`` for "test" and "val"."""
+        check_split(split, self.splits)
         return self.num_train if split == "train" else self.num_test
 
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:

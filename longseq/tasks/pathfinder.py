@@ -72,9 +72,10 @@ size * size)``, the pixel bytes as tokens (``vocab_size`` 256: LRA's and S4's "t
 floats), ``labels: (B,)`` 0/1 (``num_classes`` 2), metric accuracy. There is no padding: every image is full length
 and token 0 is a black pixel, a real input, so ``pad_id`` is None and the model gets no mask. Defaults: 32 px hard,
 LRA's Pathfinder; ``size=128`` is Path-X. Split sizes: LRA's configs assume 160,000 train and 20,000 evaluation
-examples (TFDS 80/10/10 of 200,000 images): the defaults are 160,000 train and 20,000 test (LRA's validation
-split has no counterpart here yet: see ``tasks/base.py``). At ~7 ms per 32 px hard image, a full test pass costs
-~2.5 CPU minutes of generation alone: set ``TrainConfig.eval_examples`` for periodic evaluations.
+examples (TFDS 80/10/10 of 200,000 images): the defaults are 160,000 train and 20,000 test, and the validation
+split (``val``, split id 2) is as large as the test split, LRA's other 10%. At ~7 ms per 32 px hard image, a full
+test (or validation) pass costs ~2.5 CPU minutes of generation alone: set ``TrainConfig.eval_examples`` for
+periodic evaluations.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ from torch import Tensor
 
 from longseq.tasks._raster import Paddle, bytescale, dilate, disc, disk_offsets, fits, paddle, readonly, stamp_max
 from longseq.tasks.base import (
+    VAL_SPLITS,
     ExampleIndexError,
     TaskParameterError,
     check_indices,
@@ -470,7 +472,7 @@ def generate(config: PathfinderConfig, rng: np.random.Generator) -> PathfinderSa
 
 def pathfinder_sample(config: PathfinderConfig, seed: int, split: str, index: int) -> PathfinderSample:
     """Example ``index`` of ``split`` with its geometry: a pure function of ``(config, seed, split, index)``."""
-    return generate(config, example_rng(seed, check_split(split), index))
+    return generate(config, example_rng(seed, check_split(split, VAL_SPLITS), index))
 
 
 def pathfinder_example(config: PathfinderConfig, seed: int, split: str, index: int) -> tuple[np.ndarray, int]:
@@ -483,7 +485,7 @@ def pathfinder_batch(
     config: PathfinderConfig, seed: int, split: str, indices: Sequence[int] | np.ndarray
 ) -> tuple[Tensor, Tensor]:
     """``tokens: (B, size * size) int64`` in [0, 256) and ``labels: (B,) int64`` of examples ``indices``."""
-    check_split(split)
+    check_split(split, VAL_SPLITS)
     rows = np.asarray(indices)
     if rows.ndim != 1 or (rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0)):
         raise ExampleIndexError(f"indices must be a 1-D sequence of integers >= 0, got {indices!r}")
@@ -506,7 +508,8 @@ class Pathfinder:
 
     Parameters: ``size`` 32 (Pathfinder), 64 or 128 (Path-X), ``seq_len = size ** 2``; ``difficulty`` easy /
     intermediate / hard (contour length 6 / 9 / 14; LRA uses hard); the split sizes (160,000 train and 20,000
-    test, as LRA's configs) and the seed. Tokens are the pixel bytes, rows first; no padding (``pad_id`` None).
+    test, as LRA's configs; ``val`` has ``num_test`` examples) and the seed. Tokens are the pixel bytes, rows
+    first; no padding (``pad_id`` None).
     """
 
     name = "pathfinder"
@@ -515,6 +518,7 @@ class Pathfinder:
     pad_id = None
     metric_name = "accuracy"
     higher_is_better = True
+    splits = VAL_SPLITS
 
     def __init__(
         self,
@@ -534,8 +538,8 @@ class Pathfinder:
         self.seed = seed
 
     def num_examples(self, split: str) -> int:
-        """Number of examples in ``split`` ("train" or "test")."""
-        check_split(split)
+        """Number of examples in ``split``: ``num_train``, or ``num_test`` for "test" and "val"."""
+        check_split(split, self.splits)
         return self.num_train if split == "train" else self.num_test
 
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:

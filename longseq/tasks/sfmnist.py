@@ -15,10 +15,15 @@ format as MNIST), so it stands in for both sequential-image benchmarks (``tasks.
   with LRA's Image numbers. The padding is black pixels (token 0, as the background), part of the image, so there
   is no ``pad_id`` and no mask; ``permute`` then acts on the 1024 positions.
 
-**Splits.** The train split is the package's 60,000 training images, the test split its 10,000 test images (two
-different files: nothing shared). Example ``i`` of a split is image ``order[i]``, ``order`` a permutation of the
-split's images seeded by ``(seed, split)``, so each seed sees a different order and ``num_train`` / ``num_test``
-(default: every image) take a seeded random subset. Labels are Fashion-MNIST's, 6,000 and 1,000 per class.
+**Splits.** The test split is the package's 10,000 test images; the train and validation splits share its 60,000
+training images (two different files: nothing shared with test). Example ``i`` of a split is image ``order[i]``,
+``order`` a permutation of the file's images seeded by ``(seed, file)``, so each seed sees a different order and
+``num_train`` / ``num_test`` (default: every image) take a seeded random subset. The **validation split** is the
+last ``floor(10%)`` of the training file's order (6,000 images), held out of ``train``, whose examples are the
+first 54,000 of that order: S4 also holds 10% of the training set out, with a fixed seed (here the task's
+``seed``, never the training seed); the validation split takes all of them (``num_examples("val")``). Holding
+them out kept the train split's first examples, so the data fingerprint (which hashes 64 of them) did not move;
+``num_train`` above 54,000 is refused. Labels are Fashion-MNIST's, about 6,000 and 1,000 per class.
 
 The data fingerprint (``tasks/fingerprint.py``) hashes the first 64 examples of each split, pixels read from the
 files, so it also tells two copies of the data apart (``tasks/_real.py``).
@@ -38,12 +43,16 @@ from torch import Tensor
 from longseq.data.fashion_mnist import NAME, NUM_CLASSES, SIDE, load_fashion_mnist
 from longseq.tasks._real import DataPaths, check_paths
 from longseq.tasks._tokens import PositiveInt, Seed, SyntheticTokenTask
-from longseq.tasks.base import SPLITS, check_indices, check_split, register_task
+from longseq.tasks.base import SPLITS, VAL_SPLITS, check_indices, check_split, register_task
 
 RANDOM_PERMUTATION_SEED = 92916
 """Seed of ``permute="random"`` (module docstring)."""
 PAD = 2
 """Zero pixels added on each side by ``pad32``: 28 + 2 * 2 = 32."""
+VAL_FRACTION = 0.1
+"""Share of the training images held out as the validation split (module docstring)."""
+FILE_OF_SPLIT = {"train": "train", "val": "train", "test": "test"}
+"""Split -> the file of images it draws from (``load_fashion_mnist``'s split)."""
 
 
 def bit_reversal_permutation(length: int) -> np.ndarray:
@@ -78,7 +87,8 @@ class SequentialFashionMNIST(SyntheticTokenTask):
     The stand-in is Fashion-MNIST padded to 32x32, not CIFAR-10.
 
     Parameters: ``permute`` none / random / bitrev (a fixed permutation of the positions), ``pad32`` (zero-pad to
-    32x32), ``num_train`` / ``num_test`` (default: all 60,000 / 10,000 images), ``seed`` (the images' order) and
+    32x32), ``num_train`` / ``num_test`` (default: all 54,000 / 10,000 images; the other 6,000 training images are
+    the validation split), ``seed`` (the images' order and the held-out images) and
     ``paths`` (``{"fashion-mnist": DIR}``; default ``LONGSEQ_DATA_FASHION_MNIST`` or the Debian package's
     ``/usr/share/datasets/fashion-mnist``). A missing dataset raises ``DatasetMissing`` naming its install command.
     """
@@ -87,6 +97,7 @@ class SequentialFashionMNIST(SyntheticTokenTask):
     vocab_size = 256
     num_classes = NUM_CLASSES
     pad_id = None
+    splits = VAL_SPLITS
 
     def __init__(
         self,
@@ -102,10 +113,13 @@ class SequentialFashionMNIST(SyntheticTokenTask):
         self.permute, self.pad32, self.seed, self.paths = permute, pad32, seed, paths
         self.num_train, self.num_test = num_train, num_test
         root = (paths or {}).get(NAME)
-        self.data = {split: load_fashion_mnist(split, root) for split in SPLITS}
-        self.sizes = {}
+        self.data = {file: load_fashion_mnist(file, root) for file in ("train", "test")}
+        held_out = int(self.data["train"][0].shape[0] * VAL_FRACTION)
+        # Examples of a split are positions [offset, offset + size) of its file's seeded order.
+        self.offsets = {"train": 0, "val": self.data["train"][0].shape[0] - held_out, "test": 0}
+        self.sizes = {"val": held_out}
         for split, requested in (("train", num_train), ("test", num_test)):
-            available = self.data[split][0].shape[0]
+            available = self.data[split][0].shape[0] - (held_out if split == "train" else 0)
             if requested is not None and requested > available:
                 self.refuse([f"num_{split}={requested}: the {split} split has {available} images; allowed <= "
                              f"{available} (or None: all)"])
@@ -115,15 +129,17 @@ class SequentialFashionMNIST(SyntheticTokenTask):
         self.order = pixel_order(permute, self.seq_len)
 
     def num_examples(self, split: str) -> int:
-        """Number of examples in ``split``: ``num_train`` / ``num_test``, or every image of the split."""
-        check_split(split)
+        """Number of examples in ``split``: ``num_train`` / ``num_test``, or every image of the split; "val": the
+        held-out training images."""
+        check_split(split, self.splits)
         return self.sizes[split]
 
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
         """``inputs: (B, seq_len) int64`` pixel bytes and ``labels: (B,) int64`` classes 0..9."""
         rows = check_indices(split, indices, self.num_examples(split))
-        images, labels = self.data[split]
-        picked = _image_order(self.seed, SPLITS[split], images.shape[0])[rows]
+        file = FILE_OF_SPLIT[split]
+        images, labels = self.data[file]
+        picked = _image_order(self.seed, SPLITS[file], images.shape[0])[self.offsets[split] + rows]
         pixels = images[picked]
         if self.pad32:
             pixels = np.pad(pixels, ((0, 0), (PAD, PAD), (PAD, PAD)))

@@ -5,6 +5,9 @@ A checkpoint is one directory holding
 - ``model.safetensors``: the model's ``state_dict`` (tied weights stored once, via ``safetensors.torch``);
 - ``optimizer.safetensors``: the optimizer's per-parameter state tensors under the keys
   ``state.<param index>.<name>`` (the param index is the one ``optimizer.state_dict()`` uses);
+- ``extra.safetensors``, only when the caller passes ``extra_tensors``: tensors the training state needs beyond
+  the model and optimizer (the trainer's best-on-validation weights, ``TrainConfig.select_on``), read back by
+  ``read_extra_tensors``;
 - ``state.json``: the step, the caller's config and extra data (metrics so far, run id, ...), the optimizer's
   param_groups and non-tensor state, the scheduler's state, the python/numpy/torch RNG states, and the size
   and SHA-256 of both tensor files.
@@ -37,6 +40,7 @@ FORMAT = "longseq-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+EXTRA_TENSORS_FILE = "extra.safetensors"
 STATE_FILE = "state.json"
 
 
@@ -57,11 +61,13 @@ def save_checkpoint(
     step: int,
     config: dict[str, Any],
     extra: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint of the training state after ``step`` updates into ``directory``.
 
-    ``config`` and ``extra`` must be JSON-able. Returns the directory. The RNG states saved are the current
-    ones, so call this between steps, where an uninterrupted run would continue from exactly this state.
+    ``config`` and ``extra`` must be JSON-able; ``extra_tensors`` (name -> tensor, none sharing memory) go to
+    ``extra.safetensors``. Returns the directory. The RNG states saved are the current ones, so call this between
+    steps, where an uninterrupted run would continue from exactly this state.
     """
     directory = Path(directory)
     optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
@@ -85,7 +91,14 @@ def save_checkpoint(
     (directory / STATE_FILE).unlink(missing_ok=True)
     _atomic_write(directory / MODEL_FILE, lambda tmp: safetensors.torch.save_model(model, str(tmp)))
     _atomic_write(directory / OPTIMIZER_FILE, lambda tmp: safetensors.torch.save_file(optimizer_tensors, str(tmp)))
-    state["files"] = {name: _file_digest(directory / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
+    files = [MODEL_FILE, OPTIMIZER_FILE]
+    if extra_tensors is not None:
+        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in extra_tensors.items()}
+        _atomic_write(directory / EXTRA_TENSORS_FILE, lambda tmp: safetensors.torch.save_file(tensors, str(tmp)))
+        files.append(EXTRA_TENSORS_FILE)
+    else:  # a file left by an earlier checkpoint in this directory is not part of this one
+        (directory / EXTRA_TENSORS_FILE).unlink(missing_ok=True)
+    state["files"] = {name: _file_digest(directory / name) for name in files}
     text = json.dumps(state, indent=1)
     _atomic_write(directory / STATE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return directory
@@ -236,6 +249,17 @@ def load_checkpoint(
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{directory / STATE_FILE}: cannot restore optimizer/scheduler/RNG: {error}") from None
     return state
+
+
+def read_extra_tensors(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor] | None:
+    """The ``extra_tensors`` saved with the checkpoint in ``directory`` (checksum verified), or None when it was
+    saved without them."""
+    directory = Path(directory)
+    recorded = read_checkpoint_state(directory)["files"].get(EXTRA_TENSORS_FILE)
+    if recorded is None:
+        return None
+    _verify_file(directory / EXTRA_TENSORS_FILE, recorded)
+    return _read_tensors(directory / EXTRA_TENSORS_FILE)
 
 
 def _verify_file(path: Path, recorded: dict[str, Any] | None) -> None:

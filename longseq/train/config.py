@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import Field
@@ -34,6 +34,12 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
     "grad_clip",
     "seed",
 )
+
+
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("select_on",)
+"""Fields added after runs were recorded, left out of ``to_json_dict`` while at their default (the behaviour from
+before they existed): the stored configs, checkpoint configs and quality run keys of runs that do not use them
+stay what they were."""
 
 
 class TrainConfigError(ValueError):
@@ -70,10 +76,16 @@ class TrainConfig(pydantic.BaseModel):
     grad_clip: PositiveFloat | None = 1.0
     """Clip the global gradient L2 norm to this value; None = no clipping (the norm is still logged)."""
     eval_every: PositiveInt = 100
-    """Evaluate on the test split every this many steps (and always at the end)."""
+    """Evaluate every this many steps (and always at the end), on the split ``select_on`` names."""
     eval_examples: PositiveInt | None = None
-    """Test examples used by the periodic evaluations; None = the whole test split. The final evaluation
-    always uses the whole test split."""
+    """Examples used by the periodic evaluations (and, with ``select_on="val"``, every validation evaluation);
+    None = the whole split. The final test evaluation always uses the whole test split."""
+    select_on: Literal["test", "val"] = "test"
+    """Which split the periodic evaluations score, and so which weights the final metrics describe. ``"test"``:
+    periodic evaluations on the test split, final metrics of the last weights. ``"val"`` (LRA's protocol): periodic
+    evaluations, and one of the last weights, on the validation split; the weights of the best one are kept and the
+    final test metrics are theirs, with ``val_<metric>``, ``val_loss`` and ``selected_step`` beside them. Only for
+    tasks with a validation split (``tasks.base.task_splits``). ``target_metric`` is then a validation value."""
     target_metric: Annotated[float, Field(allow_inf_nan=False)] | None = None
     """Stop early once an evaluation reaches this value of the task's metric (direction from the task)."""
     time_budget_s: PositiveFloat | None = None
@@ -119,8 +131,18 @@ class TrainConfig(pydantic.BaseModel):
         return self.eval_batch_size if self.eval_batch_size is not None else self.batch_size
 
     def to_json_dict(self) -> dict[str, Any]:
-        """JSON-able form (paths as strings, tuples as lists); ``TrainConfig(**d)`` rebuilds it."""
-        return self.model_dump(mode="json")
+        """JSON-able form (paths as strings, tuples as lists) without the ``OMITTED_AT_DEFAULT`` fields that are at
+        their default; ``TrainConfig(**d)`` rebuilds it."""
+        data = self.model_dump(mode="json")
+        for name in OMITTED_AT_DEFAULT:
+            if data[name] == TrainConfig.model_fields[name].default:
+                del data[name]
+        return data
+
+    @classmethod
+    def field_of(cls, data: dict[str, Any], name: str) -> Any:
+        """Field ``name`` of a stored ``to_json_dict`` (its default where the dump left it out)."""
+        return data.get(name, cls.model_fields[name].default)
 
 
 def _describe_errors(error: pydantic.ValidationError) -> str:

@@ -19,9 +19,11 @@ class TrainResult:
     """What a ``Trainer.train`` call reports (and what ``TrainObserver.on_end`` receives).
 
     ``run_id``: the id ``TrainObserver.on_start`` returned (None without an observer); ``metrics``: the final
-    evaluation on the whole test split (``{<task metric>: value, "loss": value}``) — for a session that ends
-    before the final evaluation, the latest periodic evaluation with its ``"step"`` (empty if none);
-    ``best_metric``: the best value of the task metric over all evaluations of the run; ``wall_time_s``: wall
+    evaluation on the whole test split (``{<task metric>: value, "loss": value}``; with ``TrainConfig.select_on =
+    "val"``, of the weights selected on validation, plus ``val_<metric>``, ``val_loss`` and ``selected_step``) —
+    for a session that ends before the final evaluation, the latest periodic evaluation with its ``"step"`` (its
+    keys ``val_``-prefixed on the validation split; empty if none); ``best_metric``: the best value of the task
+    metric over all periodic evaluations of the run (on the split ``select_on`` names); ``wall_time_s``: wall
     time of all training sessions of the run (up to the last checkpoint for resumed runs), evaluation included;
     ``tokens_per_s``: input tokens per second of training-step time (evaluation excluded); ``checkpoint``: the
     final (or latest) checkpoint directory (None without ``out_dir``); ``stopped_by``: why training stopped, one

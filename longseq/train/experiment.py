@@ -1,15 +1,23 @@
 """An experiment = task + model + training, as one validated config (YAML-loadable), and the function that runs it.
 
-The model follows the task's kind (``longseq.tasks.base``): a ``CausalLM`` for a token task; for a classification
-task (ListOps, Pathfinder) a ``SequenceClassifier``, an encoder with masked pooling and a linear head, whose self
-pattern and pooling ``ClassifierSpec`` resolves (by default non-causal with mean pooling, as LRA's Pathfinder
-config).
+The model follows the task's kind (``longseq.tasks.base``, ``build_model``): a ``CausalLM`` for a token task; for a
+classification task (ListOps, Pathfinder) a ``SequenceClassifier``, an encoder with masked pooling and a linear
+head, whose self pattern and pooling ``ClassifierSpec`` resolves (by default non-causal with mean pooling, as LRA's
+Pathfinder config); for a pair task (``segments = 2``: ``byte_retrieval``) a ``TwoTowerClassifier``, the same
+encoder run on each half of a row and LRA's dual-encoder head.
+
+**Parameter budget** (``parameter_budget``): LRA compares models at the base Transformer's size, allowing at most
+10% more parameters. The budget of an experiment is its model's parameter count against the count of the same
+experiment with every layer ``attention`` (the same task, d_model, depth, MLP, norm and classifier; attention's
+hypers from ``mixer_hypers`` when given, else its defaults), both built on the meta device; the ratio is the
+number a suite's ``param_budget`` bounds (``bench/quality.py``).
 """
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,15 +27,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from longseq.mixers import Pattern, mixer_class
-from longseq.models import CausalLM, ModelConfig, SequenceClassifier
+from longseq.models import CausalLM, ModelConfig, SequenceClassifier, TwoTowerClassifier
 from longseq.results import ResultsStore
 from longseq.results.store import ResultsStoreError
-from longseq.tasks import Task, build_task, is_classification
+from longseq.tasks import Task, build_task, is_classification, num_segments, task_splits
 from longseq.tasks.fingerprint import data_fingerprint
 from longseq.train.config import TrainConfig
 from longseq.train.events import TrainResult
 from longseq.train.recorder import StoreRecorder
-from longseq.train.trainer import Trainer
+from longseq.train.trainer import Trainer, count_parameters
 
 
 class ConfigFileError(ValueError):
@@ -109,6 +117,9 @@ class ExperimentConfig(BaseModel):
         elif self.classifier != ClassifierSpec():
             raise ValueError(f"classifier={self.classifier.model_dump()} applies to classification tasks only; task "
                              f"{task.name!r} is a token task (a causal LM is trained on it): remove it")
+        if self.train.select_on not in task_splits(task):
+            raise ValueError(f"train.select_on={self.train.select_on!r}: task {task.name!r} has no such split (it "
+                             f"has: {', '.join(task_splits(task))}); token tasks have no validation split")
         self.extra_eval_tasks()
         return self
 
@@ -135,6 +146,78 @@ class ExperimentConfig(BaseModel):
         return cls.model_validate(data)
 
 
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model built for an experiment: ``config``, what the store and the checkpoints record of it (the
+    ``ModelConfig`` dump, with ``"classifier": {num_classes, pattern, pooling}`` for a classifier and ``"towers": 2``
+    in it for a two-tower one), and its recurrent state size at the task's length (None for a non-causal
+    encoder)."""
+
+    model: CausalLM | SequenceClassifier
+    config: dict[str, Any]
+    state_floats: int | None
+
+
+def build_model(config: ExperimentConfig, task: Task) -> BuiltModel:
+    """The model of ``config`` for ``task`` (module docstring), with parameters from torch's current generator."""
+    model_cfg = config.model_config_for(task)
+    data = model_cfg.model_dump()
+    if not is_classification(task):
+        lm = CausalLM(model_cfg)
+        return BuiltModel(lm, data, lm.state_size(task.seq_len))
+    towers = num_segments(task)
+    if towers not in (1, 2):
+        raise ValueError(f"task {task.name!r} has segments={towers}; a classifier takes 1 or 2 (a pair)")
+    pattern, pooling = config.classifier.resolve(model_cfg)
+    kind = TwoTowerClassifier if towers == 2 else SequenceClassifier
+    model = kind(model_cfg, task.num_classes, pooling=pooling, pattern=pattern)
+    data["classifier"] = {"num_classes": task.num_classes, "pattern": pattern.value, "pooling": pooling,
+                          **({"towers": towers} if towers != 1 else {})}
+    state_floats = model.backbone.state_size(task.seq_len // towers) if pattern.is_causal else None
+    return BuiltModel(model, data, state_floats)
+
+
+BASELINE_MIXER = "attention"
+"""The mixer of the base Transformer that ``parameter_budget`` compares with."""
+
+
+@dataclass(frozen=True)
+class ParameterBudget:
+    """A model's parameter count against the base Transformer's of the same experiment (module docstring)."""
+
+    n_params: int
+    baseline: int
+
+    @property
+    def ratio(self) -> float:
+        return self.n_params / self.baseline
+
+    def describe(self) -> str:
+        return (f"{self.n_params:,} parameters, {self.ratio:.3f}x the base Transformer's {self.baseline:,} "
+                f"({BASELINE_MIXER} in every layer, same config)")
+
+
+def parameter_budget(config: ExperimentConfig, task: Task | None = None) -> ParameterBudget:
+    """``config``'s model size against its base Transformer's (module docstring); ``task``: ``config``'s, if
+    already built."""
+    task = config.task.build() if task is None else task
+    hypers = config.model.get("mixer_hypers", {})
+    baseline = config.model_copy(update={"model": {
+        **config.model, "layers": BASELINE_MIXER,
+        "mixer_hypers": {BASELINE_MIXER: hypers[BASELINE_MIXER]} if BASELINE_MIXER in hypers else {},
+    }})
+    return ParameterBudget(*(_parameter_count(c, task) for c in (config, baseline)))
+
+
+def _parameter_count(config: ExperimentConfig, task: Task) -> int:
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
+            return count_parameters(build_model(config, task).model)
+    except (RuntimeError, NotImplementedError):  # a mixer reading a value at construction (.item() on meta)
+        with torch.random.fork_rng(devices=[]):  # a count must not move the caller's random stream
+            return count_parameters(build_model(config, task).model)
+
+
 def default_out_dir(task: str, mixer: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", mixer)
     return Path("longseq-results") / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{task}-{slug}"
@@ -143,12 +226,13 @@ def default_out_dir(task: str, mixer: str) -> Path:
 def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = None, resume: bool = False,
                    command: str | None = None, progress: bool = True, suite: str | None = None,
                    cell_key: str | None = None, data_fingerprint: str | None = None) -> TrainResult:
-    """Build the task and its model (a CausalLM, or for a classification task a SequenceClassifier as
-    ``config.classifier`` resolves it) and train; with a ``store``, record the run (with its state size) there.
+    """Build the task and its model (``build_model``: a CausalLM, or for a classification task a SequenceClassifier
+    or a TwoTowerClassifier as ``config.classifier`` resolves it) and train; with a ``store``, record the run (with
+    its state size) there.
 
     ``command`` (the provenance's), ``suite`` and ``cell_key`` (the quality cell) go to the store's row; see
     ``longseq.train.recorder.StoreRecorder``. The row's config holds the task's ``describe()``, the model config
-    (for a classifier with ``"classifier": {num_classes, pattern, pooling}`` added, also in the checkpoints) and,
+    (``BuiltModel.config``, also in the checkpoints) and,
     as ``data_fingerprint``, the fingerprint of the task's data (``longseq.tasks.fingerprint``; computed here
     unless the caller passes it). A non-causal classifier has no recurrent state: its ``state_floats`` is None.
 
@@ -157,17 +241,9 @@ def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = Non
     """
     task = config.task.build()
     model_cfg = config.model_config_for(task)
-    model_data = model_cfg.model_dump()
     torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
-    model: CausalLM | SequenceClassifier
-    if is_classification(task):
-        pattern, pooling = config.classifier.resolve(model_cfg)
-        model = SequenceClassifier(model_cfg, task.num_classes, pooling=pooling, pattern=pattern)
-        model_data["classifier"] = {"num_classes": task.num_classes, "pattern": pattern.value, "pooling": pooling}
-        state_floats = model.backbone.state_size(task.seq_len) if pattern.is_causal else None
-    else:
-        model = CausalLM(model_cfg)
-        state_floats = model.state_size(task.seq_len)
+    built = build_model(config, task)
+    model, model_data, state_floats = built.model, built.config, built.state_floats
     recorder = None
     if store is not None:
         fingerprint = data_fingerprint if data_fingerprint is not None else _fingerprint(task)

@@ -12,6 +12,15 @@ Reproducibility rests on two rules:
 So a run interrupted after a checkpoint and resumed gives weights bit-identical to an uninterrupted run (same
 device and thread count, and deterministic kernels), with or without dropout.
 
+**Checkpoint selection** (``TrainConfig.select_on``). With ``"test"`` (the default) the periodic evaluations score
+the test split and the final metrics are the last weights' on the whole test split. With ``"val"`` (LRA's
+protocol: test accuracy at the best validation checkpoint) they score the validation split, and so do the last
+weights; each evaluation better than every earlier one keeps a copy of the weights (ties keep the earlier), saved
+with every checkpoint (``extra.safetensors``) so that a resumed run selects exactly as an uninterrupted one. At the
+end the kept weights are loaded, scored on the whole test split (and on ``extra_evals``), and checkpointed: the
+final metrics are ``<metric>`` and ``loss`` on test, ``val_<metric>``, ``val_loss`` and ``selected_step`` of the
+selected evaluation, and the final checkpoint (and the model object) hold the selected weights.
+
 Output layout under ``config.out_dir``: ``metrics.jsonl`` (one JSON object per line, ``"kind": "train"`` or
 ``"eval"``) and ``checkpoints/step-XXXXXXXX/`` (see ``longseq.train.checkpoint``). Anything else (a results
 store) hears of the run through an observer (``longseq.train.events.TrainObserver``) and the returned result.
@@ -38,12 +47,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from longseq.modules.optim import optim_settings
-from longseq.tasks.base import Task, padding_mask
+from longseq.tasks.base import Task, padding_mask, task_splits
 from longseq.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
     preserved_rng_state,
     read_checkpoint_state,
+    read_extra_tensors,
     save_checkpoint,
 )
 from longseq.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -199,6 +209,8 @@ class _Progress:
     stopped_early: bool = False
     stopped_by: str | None = None  # one of STOP_REASONS once training has stopped
     final_metrics: dict[str, float] | None = None
+    selected_step: int | None = None  # select_on="val": the step of the kept weights
+    selected_metrics: dict[str, float] | None = None  # and their validation metrics, as "val_<name>"
 
 
 class _Window:
@@ -267,6 +279,9 @@ class Trainer:
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if config.select_on not in task_splits(task):
+            raise ValueError(f"select_on={config.select_on!r}: task {task.name!r} has no such split (it has: "
+                             f"{', '.join(task_splits(task))}); token tasks have no validation split")
         self.model = model
         self.task = task
         self.config = config
@@ -291,6 +306,7 @@ class Trainer:
         )
         self._trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._state = _Progress()
+        self._selected: dict[str, torch.Tensor] | None = None  # select_on="val": the best weights so far (CPU)
 
     # ----- public -----
 
@@ -407,6 +423,7 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
         self._state = _Progress()
+        self._selected = None
 
     def _restore_latest(self) -> None:
         if self.config.out_dir is None:
@@ -421,6 +438,10 @@ class Trainer:
         if not isinstance(progress, dict):
             raise CheckpointError(f"{directory}: not a trainer checkpoint (no extra.progress in state.json)")
         self._state = _Progress(**progress)
+        self._selected = read_extra_tensors(directory) if self._state.final_metrics is None else None
+        if self._state.selected_step is not None and self._state.final_metrics is None and self._selected is None:
+            raise CheckpointError(f"{directory}: records weights selected at step {self._state.selected_step} but "
+                                  "holds none")
         _truncate_metrics_log(Path(self.config.out_dir) / METRICS_FILE, self._state.step)
 
     def _checkpoint_config(self) -> dict[str, Any]:
@@ -434,6 +455,9 @@ class Trainer:
             for field in TRAJECTORY_FIELDS
             if saved.get("train", {}).get(field) != current["train"][field]
         ]
+        then, now = (TrainConfig.field_of(train, "select_on") for train in (saved.get("train", {}), current["train"]))
+        if then != now:
+            problems.append(f"select_on: checkpoint {then!r}, now {now!r}")
         if saved.get("task") != current["task"]:
             problems.append(f"task: checkpoint {saved.get('task')!r}, now {current['task']!r}")
         if problems:
@@ -557,8 +581,7 @@ class Trainer:
 
     def _periodic_eval(self, session_start: float) -> None:
         config, state = self.config, self._state
-        metrics = self.evaluate("test", config.eval_examples)
-        self._record_eval(metrics, session_start, examples=config.eval_examples)
+        metrics = self._scored_eval(config.select_on, session_start)
         value = metrics[self.task.metric_name]
         if config.target_metric is not None and self._reaches(value, config.target_metric):
             state.stopped_early = True
@@ -568,11 +591,26 @@ class Trainer:
         budget = self.config.time_budget_s
         return budget is not None and self._elapsed(session_start) >= budget
 
+    def _scored_eval(self, split: str, session_start: float) -> dict[str, float]:
+        """A periodic-style evaluation (``eval_examples``) on ``split``, recorded; on the validation split, the
+        weights are kept when it is the best so far (module docstring)."""
+        metrics = self.evaluate(split, self.config.eval_examples)
+        improved = self._record_eval(metrics, session_start, examples=self.config.eval_examples, split=split)
+        if split == "val" and improved:
+            state = self._state
+            self._selected = {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
+            state.selected_step = state.step
+            state.selected_metrics = {f"val_{name}": value for name, value in metrics.items()}
+        return metrics
+
     def _finish(self, session_start: float) -> TrainResult:
-        """Final evaluation on the whole test split, final checkpoint, result."""
+        """Final evaluation on the whole test split (of the selected weights, with ``select_on="val"``), final
+        checkpoint, result."""
         state = self._state
         if state.stopped_by is None:
             state.stopped_by = "steps"
+        if self.config.select_on == "val":
+            return self._finish_selected(session_start)
         reusable = (
             self.config.eval_examples is None
             and state.last_eval is not None
@@ -583,26 +621,53 @@ class Trainer:
         else:
             metrics = self.evaluate("test")
             self._record_eval(metrics, session_start, examples=None)
+        return self._final_result(metrics, session_start)
+
+    def _finish_selected(self, session_start: float) -> TrainResult:
+        """``select_on="val"``: validate the last weights (unless the last evaluation did), load the selected
+        weights, score them on the whole test split."""
+        state = self._state
+        if state.last_eval is None or state.last_eval.get("step") != state.step:
+            self._scored_eval("val", session_start)
+        self.model.load_state_dict(self._selected)
+        metrics = self.evaluate("test")
+        self._log_eval("test", metrics, None, session_start, selected_step=state.selected_step)
+        return self._final_result({**metrics, **state.selected_metrics, "selected_step": state.selected_step},
+                                  session_start)
+
+    def _final_result(self, metrics: dict[str, float], session_start: float) -> TrainResult:
+        state = self._state
         if self.extra_evals:
             metrics = {**metrics, **self._extra_metrics()}
         state.final_metrics = metrics
         checkpoint = self._save(session_start) if self.config.out_dir is not None else None
         return self._result(state.wall_time_s + (time.perf_counter() - session_start), checkpoint)
 
-    def _record_eval(self, metrics: dict[str, float], session_start: float, *, examples: int | None) -> None:
+    def _record_eval(self, metrics: dict[str, float], session_start: float, *, examples: int | None,
+                     split: str = "test") -> bool:
+        """Log an evaluation on ``split`` and make it the latest (its metrics named ``val_<name>`` on the
+        validation split); return whether it is the best so far."""
         state = self._state
         value = metrics[self.task.metric_name]
-        if state.best_metric is None or (
+        improved = state.best_metric is None or (
             value > state.best_metric if self.task.higher_is_better else value < state.best_metric
-        ):
+        )
+        if improved:
             state.best_metric = value
-        state.last_eval = {"step": state.step, **metrics}
+        prefix = "val_" if split == "val" else ""
+        state.last_eval = {"step": state.step, **{f"{prefix}{name}": v for name, v in metrics.items()}}
+        self._log_eval(split, metrics, examples, session_start)
+        return improved
+
+    def _log_eval(self, split: str, metrics: dict[str, float], examples: int | None, session_start: float,
+                  **extra: Any) -> None:
         self._log(
             kind="eval",
-            step=state.step,
-            split="test",
-            examples=examples if examples is not None else self.task.num_examples("test"),
-            **{self.task.metric_name: value, "eval_loss": metrics["loss"]},
+            step=self._state.step,
+            split=split,
+            examples=examples if examples is not None else self.task.num_examples(split),
+            **{self.task.metric_name: metrics[self.task.metric_name], "eval_loss": metrics["loss"]},
+            **extra,
             elapsed_s=self._elapsed(session_start),
         )
 
@@ -626,6 +691,8 @@ class Trainer:
             step=state.step,
             config=self._checkpoint_config(),
             extra={"progress": extra_progress},
+            # Once finished, the model holds the selected weights: a copy would repeat them.
+            extra_tensors=self._selected if state.final_metrics is None else None,
         )
         keep = self.config.keep_checkpoints
         if keep is not None:
@@ -678,9 +745,12 @@ class Trainer:
 
     def _bar_fields(self) -> dict[str, str]:
         state = self._state
-        metric = "-" if state.last_eval is None else f"{state.last_eval[self.task.metric_name]:.4g}"
+        name = self.task.metric_name
+        if state.last_eval is not None and f"val_{name}" in state.last_eval:
+            name = f"val_{name}"
+        metric = "-" if state.last_eval is None else f"{state.last_eval[name]:.4g}"
         return {
             "loss": "-" if state.last_train_loss is None else f"{state.last_train_loss:.4f}",
-            "metric": f"{self.task.metric_name} {metric}",
+            "metric": f"{name} {metric}",
             "speed": f"{self._tokens_per_s():,.0f}",
         }
