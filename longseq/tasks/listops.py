@@ -63,22 +63,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, TypeAlias
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from longseq.tasks._generated import GeneratedClassification
 from longseq.tasks.base import (
     VAL_SPLITS,
     ExampleIndexError,
     TaskParameterError,
     check_indices,
     check_split,
-    constructor_params,
     example_rng,
-    per_example_accuracy,
     register_task,
 )
 
@@ -383,7 +382,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 @register_task("listops")
-class ListOps:
+class ListOps(GeneratedClassification):
     """LRA ListOps: the value (0-9) of a nested MIN/MAX/MED/SM expression, one label per sequence.
 
     Parameters: the generator's (``ListOpsParams``: ``max_depth``, ``max_args``, ``min_length``, ``max_length``;
@@ -396,9 +395,6 @@ class ListOps:
     vocab_size = VOCAB_SIZE
     num_classes = 10
     pad_id = PAD_ID
-    metric_name = "accuracy"
-    higher_is_better = True
-    splits = VAL_SPLITS
 
     def __init__(
         self,
@@ -422,21 +418,8 @@ class ListOps:
         self.num_test = num_test
         self.seed = seed
 
-    def num_examples(self, split: str) -> int:
-        """Number of examples in ``split``: ``num_train``, or ``num_test`` for "test" and "val"."""
-        check_split(split, self.splits)
-        return self.num_train if split == "train" else self.num_test
-
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
         """``inputs: (B, max_length) int64`` right-padded with 0 and ``labels: (B,) int64`` in 0..9."""
         rows = check_indices(split, indices, self.num_examples(split))
         inputs, _, labels = listops_batch(self.seed, split, rows, self.params)
         return inputs, labels
-
-    def score(self, predictions: Tensor, targets: Tensor, example_index: Tensor, batch_size: int) -> Tensor:
-        """Per-example accuracy ``(batch_size,)``: 1 where the predicted class is the value, else 0."""
-        return per_example_accuracy(predictions, targets, example_index, batch_size)
-
-    def describe(self) -> dict[str, Any]:
-        """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        return constructor_params(self)

@@ -84,13 +84,14 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from longseq.tasks._generated import GeneratedClassification
 from longseq.tasks._raster import Paddle, bytescale, dilate, disc, disk_offsets, fits, paddle, readonly, stamp_max
 from longseq.tasks.base import (
     VAL_SPLITS,
@@ -98,9 +99,7 @@ from longseq.tasks.base import (
     TaskParameterError,
     check_indices,
     check_split,
-    constructor_params,
     example_rng,
-    per_example_accuracy,
     register_task,
 )
 
@@ -503,7 +502,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 @register_task("pathfinder")
-class Pathfinder:
+class Pathfinder(GeneratedClassification):
     """LRA Pathfinder / Path-X: do the two markers sit on the ends of one curve? One label per image.
 
     Parameters: ``size`` 32 (Pathfinder), 64 or 128 (Path-X), ``seq_len = size ** 2``; ``difficulty`` easy /
@@ -516,9 +515,6 @@ class Pathfinder:
     vocab_size = 256
     num_classes = 2
     pad_id = None
-    metric_name = "accuracy"
-    higher_is_better = True
-    splits = VAL_SPLITS
 
     def __init__(
         self,
@@ -537,20 +533,7 @@ class Pathfinder:
         self.num_test = num_test
         self.seed = seed
 
-    def num_examples(self, split: str) -> int:
-        """Number of examples in ``split``: ``num_train``, or ``num_test`` for "test" and "val"."""
-        check_split(split, self.splits)
-        return self.num_train if split == "train" else self.num_test
-
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
         """``inputs: (B, size * size) int64`` pixel bytes and ``labels: (B,) int64`` (1: the markers are joined)."""
         rows = check_indices(split, indices, self.num_examples(split))
         return pathfinder_batch(self.config, self.seed, split, rows)
-
-    def score(self, predictions: Tensor, targets: Tensor, example_index: Tensor, batch_size: int) -> Tensor:
-        """Per-example accuracy ``(batch_size,)``: 1 where the predicted class is the label, else 0."""
-        return per_example_accuracy(predictions, targets, example_index, batch_size)
-
-    def describe(self) -> dict[str, Any]:
-        """The constructor parameters and ``name``; ``build_task(**task.describe())`` rebuilds this task."""
-        return constructor_params(self)
