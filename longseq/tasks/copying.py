@@ -30,17 +30,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from longseq.tasks._tokens import PositiveInt, Seed, SyntheticTokenTask
+from longseq.tasks._copy import CopyTask
+from longseq.tasks._tokens import PositiveInt, Seed
 from longseq.tasks.base import IGNORE_INDEX, register_task
 
 BLANK = 0
 
 
 @register_task("copying")
-class Copying(SyntheticTokenTask):
+class Copying(CopyTask):
     """Copying memory (Arjovsky et al. 2016): reproduce M symbols after a long blank stretch and a delimiter."""
 
     name = "copying"
+    filler, cue, data = "blank", "delimiter", "data symbols"
+    seq_len_reason = "the {m} symbols, the delimiter and {m} output positions"
 
     def __init__(
         self,
@@ -52,24 +55,8 @@ class Copying(SyntheticTokenTask):
         num_test: PositiveInt = 1_000,
         seed: Seed = 0,
     ) -> None:
-        problems = []
-        if vocab_size < 4:
-            problems.append(
-                f"vocab_size={vocab_size} must be >= 4 (the blank 0, the delimiter vocab_size-1 and >= 2 data "
-                "symbols [1, vocab_size-1))"
-            )
-        if seq_len < 2 * num_tokens + 1:
-            problems.append(
-                f"seq_len={seq_len} must be >= 2*num_tokens + 1 = {2 * num_tokens + 1} (the {num_tokens} "
-                f"symbols, the delimiter and {num_tokens} output positions)"
-            )
-        self.refuse(problems)
-        self.vocab_size = vocab_size
-        self.seq_len = seq_len
-        self.num_tokens = num_tokens
-        self.num_train = num_train
-        self.num_test = num_test
-        self.seed = seed
+        self.set_layout(vocab_size=vocab_size, seq_len=seq_len, num_tokens=num_tokens, num_train=num_train,
+                        num_test=num_test, seed=seed)
         self.delimiter = vocab_size - 1
 
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:

@@ -33,17 +33,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from longseq.tasks._tokens import PositiveInt, Seed, SyntheticTokenTask
+from longseq.tasks._copy import CopyTask
+from longseq.tasks._tokens import PositiveInt, Seed
 from longseq.tasks.base import IGNORE_INDEX, register_task
 
 NOISE = 0
 
 
 @register_task("selective_copying")
-class SelectiveCopying(SyntheticTokenTask):
+class SelectiveCopying(CopyTask):
     """Selective copying (Mamba): reproduce, in order, the M data tokens scattered among noise tokens."""
 
     name = "selective_copying"
+    filler, cue, data = "noise token", "marker", "data tokens"
+    seq_len_reason = "the {m} data tokens and at least one noise token in the context, then {m} markers"
 
     def __init__(
         self,
@@ -55,24 +58,8 @@ class SelectiveCopying(SyntheticTokenTask):
         num_test: PositiveInt = 1_000,
         seed: Seed = 0,
     ) -> None:
-        problems = []
-        if vocab_size < 4:
-            problems.append(
-                f"vocab_size={vocab_size} must be >= 4 (the noise token 0, the marker vocab_size-1 and >= 2 "
-                "data tokens [1, vocab_size-1))"
-            )
-        if seq_len < 2 * num_tokens + 1:
-            problems.append(
-                f"seq_len={seq_len} must be >= 2*num_tokens + 1 = {2 * num_tokens + 1} (the {num_tokens} data "
-                f"tokens and at least one noise token in the context, then {num_tokens} markers)"
-            )
-        self.refuse(problems)
-        self.vocab_size = vocab_size
-        self.seq_len = seq_len
-        self.num_tokens = num_tokens
-        self.num_train = num_train
-        self.num_test = num_test
-        self.seed = seed
+        self.set_layout(vocab_size=vocab_size, seq_len=seq_len, num_tokens=num_tokens, num_train=num_train,
+                        num_test=num_test, seed=seed)
         self.marker = vocab_size - 1
         self.context_len = seq_len - num_tokens
 
