@@ -128,6 +128,19 @@ def data_cmd() -> None:
                   "parameter paths={NAME: DIR}.", markup=False, soft_wrap=True)
 
 
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``: the command a launched rank runs."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
+
+
 @app.command()
 @cli_errors
 def train(
@@ -167,10 +180,18 @@ def train(
     store: Annotated[Path | None, typer.Option(help="Results database (default ./longseq-results/results.db).")] = (
         None),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per update on each rank (gradient accumulation).")] = 1,
+    precision: Annotated[str, typer.Option(help="float32, or bfloat16 (autocast; states and scans in float32).")] = (
+        "float32"),
+    tensorboard: Annotated[Path | None, typer.Option(help="Also log the metrics as TensorBoard scalars here.")] = None,
+    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine, launched with torchrun "
+                                       "(gloo on CPU, NCCL on CUDA); --batch-size is the global batch.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, or cuda (under --nproc each rank takes GPU LOCAL_RANK).")] = "cpu",
 ) -> None:
     """Train a model on a task and record the run: a causal LM, or for a classification task (listops,
     pathfinder) an encoder classifier. Flags build the config; --config FILE.yaml replaces them."""
     from longseq.results import ResultsStore
+    from longseq.train import distributed
     from longseq.train.experiment import ExperimentConfig, default_out_dir, run_experiment
 
     if config is not None:
@@ -191,14 +212,26 @@ def train(
                       "eval_every": eval_every, "eval_examples": eval_examples, "select_on": select_on,
                       "target_metric": target,
                       "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every,
-                      "out_dir": str(out_dir or default_out_dir(task, mixer))},
+                      "out_dir": str(out_dir or default_out_dir(task, mixer)), "grad_accum": grad_accum,
+                      "precision": precision, "tensorboard_dir": None if tensorboard is None else str(tensorboard)},
             "classifier": {"pattern": pattern, "pooling": pooling},
         })
+    if nproc != 1 and not distributed.launched_by_torchrun():
+        if (out_dir if config is None else exp.train.out_dir) is None:
+            raise ValueError(f"--nproc={nproc} needs a run directory (--out-dir, or train.out_dir in the config): "
+                             "every rank must write to and resume from the same one")
+        raise typer.Exit(distributed.launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     if exp.train.out_dir is None:
         exp = exp.model_copy(update={"train": exp.train.model_copy(
             update={"out_dir": default_out_dir(exp.task.name, exp.model.get("layers", "attention"))})})
-    result = run_experiment(exp, store=ResultsStore(store), resume=resume, command=shlex.join(sys.argv),
-                            progress=progress)
+    ranks = distributed.init_from_env(device)
+    try:
+        result = run_experiment(exp, store=ResultsStore(store) if ranks.is_main else None, resume=resume,
+                                command=shlex.join(sys.argv), progress=progress, device=device)
+    finally:
+        distributed.shutdown()
+    if not ranks.is_main:
+        return
     table = Table(title=f"run {result.run_id}")
     for col in ("steps", *result.metrics, "wall time s", "tokens/s", "early stop"):
         table.add_column(col)

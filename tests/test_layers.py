@@ -18,6 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "mixers": {"ops", "modules", "cache", "state"},
     "testing": {"ops", "modules", "cache", "state", "mixers"},
     "models": {"ops", "modules", "cache", "state", "mixers"},
+    "interop": {"models"},
     "data": set(),
     "tasks": {"data"},
     "results": {"userinput"},

@@ -120,3 +120,15 @@ def test_mixers_bound_to_a_kernel_length_keep_their_default_without_a_model_max_
     assert [b.mixer.max_len for b in bounded.backbone.blocks] == [40, 40]
     prompt = torch.randint(0, 50, (2, 5))
     assert bounded.generate(prompt, 4).shape == (2, 9)
+
+
+def test_norm_eps_reaches_every_norm_and_is_left_out_of_the_dump_while_unset():
+    unset = ModelConfig(vocab_size=16, d_model=16, n_layers=2, layers="s4d")
+    assert "norm_eps" not in unset.model_dump() and "norm_eps" not in unset.model_dump(mode="json")
+    for norm, eps in [("rms", 1e-3), ("layer", 1e-2)]:
+        config = ModelConfig(vocab_size=16, d_model=16, n_layers=2, layers="s4d", norm=norm, norm_eps=eps)
+        assert config.model_dump()["norm_eps"] == eps
+        norms = [m for m in CausalLM(config).modules() if isinstance(m, torch.nn.RMSNorm | torch.nn.LayerNorm)]
+        assert len(norms) == 5 and {m.eps for m in norms} == {eps}  # 2 blocks x (mixer, MLP) + the final norm
+    with pytest.raises(ValueError, match="norm_eps"):
+        ModelConfig(vocab_size=16, norm_eps=0.0)

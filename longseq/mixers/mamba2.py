@@ -39,7 +39,7 @@ class Mamba2Pass(nn.Module):
 
     def __init__(self, d_model: int, *, d_state: int, d_conv: int, expand: int, headdim: int, ngroups: int,
                  dt_min: float, dt_max: float, dt_init_floor: float, a_init_range: tuple[float, float], bias: bool,
-                 conv_bias: bool, impl: str, chunk_size: int) -> None:
+                 conv_bias: bool, norm_eps: float, impl: str, chunk_size: int) -> None:
         super().__init__()
         self.d_inner, self.d_state, self.ngroups, self.headdim = expand * d_model, d_state, ngroups, headdim
         self.nheads = self.d_inner // headdim
@@ -50,7 +50,7 @@ class Mamba2Pass(nn.Module):
         a = torch.empty(self.nheads).uniform_(*a_init_range)
         self.A_log = set_optim(nn.Parameter(a.log()), weight_decay=0.0)
         self.D = set_optim(nn.Parameter(torch.ones(self.nheads)), weight_decay=0.0)
-        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, norm_before_gate=False, group_size=self.d_inner // ngroups)
+        self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps, norm_before_gate=False, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.scan = ssd_ref if impl == "ref" else functools.partial(ssd_chunked, chunk_size=chunk_size)
 
@@ -115,12 +115,14 @@ class Mamba2(PassMixer):
         a_init_max: PositiveFloat = 16.0,
         bias: bool = False,
         conv_bias: bool = True,
+        norm_eps: PositiveFloat = 1e-5,
         impl: Literal["chunked", "ref"] = "chunked",
         chunk_size: PositiveInt = 64,
     ) -> None:
         """headdim: P, the channels of a head (expand · d_model must be divisible by it; default 64, or
         expand · d_model when that is smaller: one head); ngroups: G, heads sharing
         B and C (must divide the number of heads). A starts uniform in [a_init_min, a_init_max] (negated).
+        norm_eps: the gated RMSNorm's epsilon (checkpoints set it: transformers' ``layer_norm_epsilon``).
         impl: "chunked" (SSD, chunks of ``chunk_size``) or "ref" (the loop over time)."""
         super().__init__(d_model, pattern=pattern, max_len=max_len)
         d_inner = expand * d_model
@@ -136,7 +138,7 @@ class Mamba2(PassMixer):
         self.build_passes(lambda: Mamba2Pass(
             d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups, dt_min=dt_min,
             dt_max=dt_max, dt_init_floor=dt_init_floor, a_init_range=(a_init_min, a_init_max), bias=bias,
-            conv_bias=conv_bias, impl=impl, chunk_size=chunk_size))
+            conv_bias=conv_bias, norm_eps=norm_eps, impl=impl, chunk_size=chunk_size))
 
     def state_size(self, seq_len: int, context_len: int = 0) -> int:
         d_inner = self.expand * self.d_model

@@ -31,10 +31,11 @@ class Backbone(nn.Module):
                 cross=config.build_mixer(config.cross_mixer, cross_pattern) if cross else None,
                 mlp_hidden=hidden,
                 norm=config.norm,
+                norm_eps=config.norm_eps,
             )
             for name in config.layer_names
         )
-        self.norm = make_norm(config.norm, config.d_model)
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None) -> Tensor:

@@ -11,8 +11,12 @@ from longseq.mixers.base import Mixer
 from longseq.state import State
 
 
-def make_norm(kind: str, d_model: int) -> nn.Module:
-    return nn.RMSNorm(d_model) if kind == "rms" else nn.LayerNorm(d_model)
+def make_norm(kind: str, d_model: int, eps: float | None = None) -> nn.Module:
+    """RMSNorm or LayerNorm over d_model; ``eps=None``: torch's default (the dtype's eps for RMSNorm, 1e-5 for
+    LayerNorm)."""
+    if kind == "rms":
+        return nn.RMSNorm(d_model, eps=eps)
+    return nn.LayerNorm(d_model) if eps is None else nn.LayerNorm(d_model, eps=eps)
 
 
 class GLU(nn.Module):
@@ -37,12 +41,13 @@ class BlockState(State):
 class Block(nn.Module):
     """x: (B, L, D) -> (B, L, D). The MLP is position-wise, so only the mixers carry state."""
 
-    def __init__(self, mixer: Mixer, *, cross: Mixer | None = None, mlp_hidden: int = 0, norm: str = "rms") -> None:
+    def __init__(self, mixer: Mixer, *, cross: Mixer | None = None, mlp_hidden: int = 0, norm: str = "rms",
+                 norm_eps: float | None = None) -> None:
         super().__init__()
         d = mixer.d_model
-        self.norm_mixer, self.mixer = make_norm(norm, d), mixer
-        self.norm_cross, self.cross = (make_norm(norm, d), cross) if cross is not None else (None, None)
-        self.norm_mlp, self.mlp = (make_norm(norm, d), GLU(d, mlp_hidden)) if mlp_hidden else (None, None)
+        self.norm_mixer, self.mixer = make_norm(norm, d, norm_eps), mixer
+        self.norm_cross, self.cross = (make_norm(norm, d, norm_eps), cross) if cross is not None else (None, None)
+        self.norm_mlp, self.mlp = (make_norm(norm, d, norm_eps), GLU(d, mlp_hidden)) if mlp_hidden else (None, None)
 
     def _mlp(self, x: Tensor, mask: Tensor | None) -> Tensor:
         if self.mlp is None:

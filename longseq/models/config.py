@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from longseq.mixers import Pattern, available, build, mixer_class, validate_hypers
 
@@ -51,6 +51,7 @@ class ModelConfig(BaseModel):
     mixer_hypers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     mlp_ratio: Annotated[float, Field(ge=0)] = 4.0  # 0 = no MLP (Zoology's Figure-2 setting)
     norm: Literal["rms", "layer"] = "rms"
+    norm_eps: Annotated[float, Field(gt=0)] | None = None  # None = torch's default (RMSNorm: the dtype's eps)
     tie_embeddings: bool = True
     max_len: PositiveInt | None = None
     cross_mixer: str = "attention"  # EncoderDecoder only: the decoder's cross mixer
@@ -63,6 +64,14 @@ class ModelConfig(BaseModel):
             if name not in names:
                 raise ValueError(f"unknown mixer '{name}'; allowed: {', '.join(sorted(names))}")
         return layers
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_norm_eps(self, dump: Any) -> dict[str, Any]:
+        # norm_eps came after runs were recorded (their run keys hold the dumped config): left out while unset.
+        data = dump(self)
+        if self.norm_eps is None:
+            data.pop("norm_eps", None)
+        return data
 
     @property
     def layer_names(self) -> list[str]:

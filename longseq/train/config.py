@@ -33,10 +33,11 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
     "min_lr_ratio",
     "grad_clip",
     "seed",
+    "precision",
 )
 
 
-OMITTED_AT_DEFAULT: tuple[str, ...] = ("select_on",)
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("select_on", "grad_accum", "precision", "tensorboard_dir")
 """Fields added after runs were recorded, left out of ``to_json_dict`` while at their default (the behaviour from
 before they existed): the stored configs, checkpoint configs and quality run keys of runs that do not use them
 stay what they were."""
@@ -58,7 +59,15 @@ class TrainConfig(pydantic.BaseModel):
     steps: PositiveInt
     """Number of optimiser updates."""
     batch_size: PositiveInt = 32
-    """Training examples per update."""
+    """Training examples per update: the global batch, whatever the number of ranks (``train.distributed``)."""
+    grad_accum: PositiveInt = 1
+    """Micro-batches per update on each rank (gradient accumulation): each holds ``batch_size / (ranks x
+    grad_accum)`` examples, and the update is the one on the whole batch (up to rounding), so this is not a
+    trajectory field: a run may resume with another value."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """``"bfloat16"``: forward passes (training and evaluation) under ``torch.autocast`` in bfloat16; parameters,
+    optimizer state, and the scans, decays and recurrent states of the ops stay in float32 (``docs/design.md``
+    §5)."""
     eval_batch_size: PositiveInt | None = None
     """Examples per evaluation forward pass; None = ``batch_size``."""
     lr: PositiveFloat = 1e-3
@@ -105,6 +114,9 @@ class TrainConfig(pydantic.BaseModel):
     """``torch.set_num_threads`` for training and evaluation; None = leave torch's setting alone."""
     log_every: PositiveInt = 10
     """Write a training line to ``metrics.jsonl`` and refresh the progress bar every this many steps."""
+    tensorboard_dir: Path | None = None
+    """Also write every ``metrics.jsonl`` record's numbers as TensorBoard scalars here (needs the ``tensorboard``
+    package: ``pip install -e '.[tensorboard]'``); None = no TensorBoard log."""
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -15,6 +15,7 @@ number a suite's ``param_budget`` bounds (``bench/quality.py``).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from longseq.results import ResultsStore
 from longseq.results.store import ResultsStoreError
 from longseq.tasks import Task, build_task, is_classification, num_segments, task_splits
 from longseq.tasks.fingerprint import data_fingerprint
+from longseq.train import distributed
 from longseq.train.config import TrainConfig
 from longseq.train.events import TrainResult
 from longseq.train.recorder import StoreRecorder
@@ -225,7 +227,8 @@ def default_out_dir(task: str, mixer: str) -> Path:
 
 def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = None, resume: bool = False,
                    command: str | None = None, progress: bool = True, suite: str | None = None,
-                   cell_key: str | None = None, data_fingerprint: str | None = None) -> TrainResult:
+                   cell_key: str | None = None, data_fingerprint: str | None = None,
+                   device: str = "cpu") -> TrainResult:
     """Build the task and its model (``build_model``: a CausalLM, or for a classification task a SequenceClassifier
     or a TwoTowerClassifier as ``config.classifier`` resolves it) and train; with a ``store``, record the run (with
     its state size) there.
@@ -238,14 +241,21 @@ def run_experiment(config: ExperimentConfig, *, store: ResultsStore | None = Non
 
     A resumed run whose final checkpoint was written but whose row is still ``running`` (the process was killed
     between the two) is closed ``completed`` from the checkpoint's result, so the store agrees with the folder.
+
+    Under torchrun (``longseq train --nproc N``) this joins the process group first (``train.distributed``); only
+    rank 0 records into the store. ``device``: ``"cpu"`` or ``"cuda"`` (each rank then takes GPU ``LOCAL_RANK``).
     """
+    ranks = distributed.init_from_env(device)
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and ranks.distributed:
+        torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     task = config.task.build()
     model_cfg = config.model_config_for(task)
     torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
     built = build_model(config, task)
-    model, model_data, state_floats = built.model, built.config, built.state_floats
+    model, model_data, state_floats = built.model.to(torch_device), built.config, built.state_floats
     recorder = None
-    if store is not None:
+    if store is not None and ranks.is_main:
         fingerprint = data_fingerprint if data_fingerprint is not None else _fingerprint(task)
         recorder = StoreRecorder(
             store,

@@ -12,6 +12,10 @@ Reproducibility rests on two rules:
 So a run interrupted after a checkpoint and resumed gives weights bit-identical to an uninterrupted run (same
 device and thread count, and deterministic kernels), with or without dropout.
 
+**Data parallel** (``longseq.train.distributed``): under torchrun every rank runs this loop on its share of each
+update's batch (``grad_accum`` micro-batches), the gradients are those of the whole batch, evaluations are split
+across the ranks and summed, and only rank 0 writes (checkpoints, metrics, the observer, the progress bar).
+
 **Checkpoint selection** (``TrainConfig.select_on``). With ``"test"`` (the default) the periodic evaluations score
 the test split and the final metrics are the last weights' on the whole test split. With ``"val"`` (LRA's
 protocol: test accuracy at the best validation checkpoint) they score the validation split, and so do the last
@@ -47,7 +51,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from longseq.modules.optim import optim_settings
-from longseq.tasks.base import Task, padding_mask, task_splits
+from longseq.tasks.base import IGNORE_INDEX, Task, padding_mask, task_splits
+from longseq.train import distributed
 from longseq.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -59,6 +64,7 @@ from longseq.train.checkpoint import (
 from longseq.train.config import TRAJECTORY_FIELDS, TrainConfig
 from longseq.train.events import RunStart, SessionEnd, TrainObserver, TrainResult
 from longseq.train.schedule import warmup_cosine_scheduler
+from longseq.train.tensorboard import TensorBoardLog
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
@@ -219,7 +225,8 @@ class _Window:
     Accumulating on the device and reading once per log line avoids a host-device sync every step.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, ranks: distributed.Ranks) -> None:
+        self.ranks = ranks
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
         self.aux_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -237,8 +244,10 @@ class _Window:
     def pop(self) -> tuple[float, float, int, float | None]:
         """(mean loss, mean gradient norm, steps, mean aux loss or None when the model has none) of the window,
         which then starts afresh."""
-        aux = self.aux_loss.item() / self.steps if self.has_aux else None
-        means = (self.loss.item() / self.steps, self.grad_norm.item() / self.steps, self.steps, aux)
+        # Each rank holds its share of every step's loss (the gradient norm is already the global one).
+        sums = distributed.all_reduce_sum(torch.stack([self.loss, self.aux_loss]), self.ranks)
+        aux = sums[1].item() / self.steps if self.has_aux else None
+        means = (sums[0].item() / self.steps, self.grad_norm.item() / self.steps, self.steps, aux)
         self.loss.zero_()
         self.grad_norm.zero_()
         self.aux_loss.zero_()
@@ -282,12 +291,16 @@ class Trainer:
         if config.select_on not in task_splits(task):
             raise ValueError(f"select_on={config.select_on!r}: task {task.name!r} has no such split (it has: "
                              f"{', '.join(task_splits(task))}); token tasks have no validation split")
+        self.ranks = distributed.current()
+        self._check_batch_split(config)
         self.model = model
+        self._trained = distributed.data_parallel(model, self.ranks)  # DDP around the model under torchrun
         self.task = task
         self.config = config
-        self.observer = observer
+        # Only rank 0 reports: the others train and evaluate in step with it.
+        self.observer = observer if self.ranks.is_main else None
         self.model_config = dict(model_config or {})
-        self.progress = progress
+        self.progress = progress and self.ranks.is_main
         self.extra_evals = dict(extra_evals or {})
         first = next(iter(model.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
@@ -307,6 +320,15 @@ class Trainer:
         self._trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._state = _Progress()
         self._selected: dict[str, torch.Tensor] | None = None  # select_on="val": the best weights so far (CPU)
+        self._tensorboard: TensorBoardLog | None = None
+
+    def _check_batch_split(self, config: TrainConfig) -> None:
+        parts = self.ranks.world_size * config.grad_accum
+        if config.batch_size % parts:
+            raise ValueError(
+                f"batch_size={config.batch_size} cannot be split over {self.ranks.world_size} rank(s) x grad_accum="
+                f"{config.grad_accum}; allowed: a batch_size that is a multiple of {parts}"
+            )
 
     # ----- public -----
 
@@ -320,7 +342,7 @@ class Trainer:
         hears ``"interrupted"`` (KeyboardInterrupt) or ``"failed"`` and the exception propagates; resume from the
         last checkpoint.
         """
-        with self._threads():
+        with self._threads(), self._tensorboard_log(resume):
             return self._train(resume)
 
     def _train(self, resume: bool) -> TrainResult:
@@ -348,7 +370,8 @@ class Trainer:
         """``{<task metric>: mean per-example metric, "loss": mean loss per supervised position}``.
 
         Runs on examples ``0 .. num_examples - 1`` of ``split`` (None = all) in ``model.eval()`` under
-        ``torch.no_grad()``, restoring the model's mode and the global RNG states afterwards.
+        ``torch.no_grad()``, restoring the model's mode and the global RNG states afterwards. Under torchrun every
+        rank must call it: the batches are dealt out to the ranks and the sums added up.
         """
         with self._threads():
             return self._evaluate(split, num_examples)
@@ -364,21 +387,25 @@ class Trainer:
         self.model.eval()
         metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        supervised = 0
+        supervised = torch.zeros((), dtype=torch.float64, device=self.device)
+        starts = range(0, count, batch_size)[self.ranks.rank :: self.ranks.world_size]
         try:
             with torch.no_grad(), preserved_rng_state():
-                for start in range(0, count, batch_size):
+                for start in starts:
                     indices = np.arange(start, min(count, start + batch_size))
-                    out = self._forward(task, *task.batch(split, indices))
+                    # The bare model, not DDP: ranks may run different numbers of batches here.
+                    out = self._forward(self.model, task, *task.batch(split, indices))
                     scores = task.score(out.predictions, out.targets, out.example_index, len(indices))
                     metric_sum += torch.as_tensor(scores).to(device=self.device, dtype=torch.float64).sum()
                     loss_sum += out.loss.detach().double() * out.targets.numel()
                     supervised += out.targets.numel()
         finally:
             self.model.train(was_training)
+        metric_total, loss_total, supervised_total = distributed.all_reduce_sum(
+            torch.stack([metric_sum, loss_sum, supervised]), self.ranks).tolist()
         return {
-            task.metric_name: metric_sum.item() / count,
-            "loss": loss_sum.item() / supervised if supervised else math.nan,
+            task.metric_name: metric_total / count,
+            "loss": loss_total / supervised_total if supervised_total else math.nan,
         }
 
     def _extra_metrics(self) -> dict[str, Any]:
@@ -407,6 +434,24 @@ class Trainer:
         finally:
             torch.set_num_threads(previous)
 
+    @contextlib.contextmanager
+    def _tensorboard_log(self, resume: bool) -> Iterator[None]:
+        """Open the TensorBoard writer (rank 0, when ``tensorboard_dir`` is set) for the session."""
+        directory = self.config.tensorboard_dir
+        if directory is None or not self.ranks.is_main:
+            yield
+            return
+        resume_step = None
+        if resume and self.config.out_dir is not None:
+            latest = latest_checkpoint(self.config.out_dir)
+            resume_step = None if latest is None else read_checkpoint_state(latest)["step"] + 1
+        self._tensorboard = TensorBoardLog(directory, resume_step=resume_step)
+        try:
+            yield
+        finally:
+            self._tensorboard.close()
+            self._tensorboard = None
+
     def _start_fresh(self) -> None:
         out_dir = self.config.out_dir
         if out_dir is not None:
@@ -416,8 +461,9 @@ class Trainer:
                     f"out_dir={str(out_dir)!r} already holds a checkpoint ({existing.name}); pass resume=True to "
                     "continue that run, or choose another out_dir"
                 )
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / METRICS_FILE).write_text("", encoding="utf-8")
+            if self.ranks.is_main:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                (Path(out_dir) / METRICS_FILE).write_text("", encoding="utf-8")
         seed = self.config.seed
         random.seed(seed)
         np.random.seed(seed)
@@ -442,7 +488,8 @@ class Trainer:
         if self._state.selected_step is not None and self._state.final_metrics is None and self._selected is None:
             raise CheckpointError(f"{directory}: records weights selected at step {self._state.selected_step} but "
                                   "holds none")
-        _truncate_metrics_log(Path(self.config.out_dir) / METRICS_FILE, self._state.step)
+        if self.ranks.is_main:
+            _truncate_metrics_log(Path(self.config.out_dir) / METRICS_FILE, self._state.step)
 
     def _checkpoint_config(self) -> dict[str, Any]:
         return {"train": self.config.to_json_dict(), "task": self.task.describe(), "model": self.model_config}
@@ -450,14 +497,11 @@ class Trainer:
     def _check_resumable(self, directory: Path, saved: dict[str, Any]) -> None:
         """An exact resume needs the same task and the same trajectory-shaping training fields."""
         current = self._checkpoint_config()
-        problems = [
-            f"{field}: checkpoint {saved['train'].get(field)!r}, now {current['train'][field]!r}"
-            for field in TRAJECTORY_FIELDS
-            if saved.get("train", {}).get(field) != current["train"][field]
-        ]
-        then, now = (TrainConfig.field_of(train, "select_on") for train in (saved.get("train", {}), current["train"]))
-        if then != now:
-            problems.append(f"select_on: checkpoint {then!r}, now {now!r}")
+        problems = []
+        for field in (*TRAJECTORY_FIELDS, "select_on"):
+            then, now = (TrainConfig.field_of(train, field) for train in (saved.get("train", {}), current["train"]))
+            if then != now:
+                problems.append(f"{field}: checkpoint {then!r}, now {now!r}")
         if saved.get("task") != current["task"]:
             problems.append(f"task: checkpoint {saved.get('task')!r}, now {current['task']!r}")
         if problems:
@@ -483,12 +527,13 @@ class Trainer:
 
     # ----- the loop -----
 
-    def _forward(self, task: Task, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
+    def _forward(self, model: nn.Module, task: Task, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
         mask = padding_mask(task, inputs)
         # Only a padded task's model is handed a mask, so a model without the keyword trains on unpadded tasks.
         masks = {} if mask is None else {"mask": mask.to(self.device, non_blocking=True)}
-        out = self.model(inputs.to(self.device, non_blocking=True), labels=labels.to(self.device, non_blocking=True),
-                         **masks)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16"):
+            out = model(inputs.to(self.device, non_blocking=True), labels=labels.to(self.device, non_blocking=True),
+                        **masks)
         missing = [name for name in _MODEL_OUTPUT_FIELDS if not hasattr(out, name)]
         if missing:
             raise TypeError(
@@ -507,12 +552,33 @@ class Trainer:
             batch_size=config.batch_size,
             num_examples=self.task.num_examples("train"),
         )
-        inputs, labels = self.task.batch("train", indices)
+        micro_batches = [self.task.batch("train", part)
+                         for part in distributed.rank_micro_batches(indices, self.ranks, config.grad_accum)]
+        # Each micro-batch's mean loss counts by its share of the whole batch's supervised positions (its aux loss by
+        # its share of the examples), times the ranks that DDP averages over: the update on the whole batch.
+        counts = [float((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches]
+        total = distributed.all_reduce_sum(torch.tensor(sum(counts), dtype=torch.float64, device=self.device),
+                                           self.ranks).item()
+        if total == 0:
+            raise ValueError(f"the batch of step {step} has no supervised position (every label is IGNORE_INDEX)")
+        world = self.ranks.world_size
         self.model.train()
-        out = self._forward(self.task, inputs, labels)
-        aux_loss = getattr(out, "aux_loss", None)
         self.optimizer.zero_grad(set_to_none=True)
-        (out.loss if aux_loss is None else out.loss + aux_loss).backward()
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        aux_loss = None
+        for number, ((inputs, labels), count) in enumerate(zip(micro_batches, counts, strict=True)):
+            # DDP all-reduces the gradients in the backward of the last micro-batch only.
+            last = number == len(micro_batches) - 1
+            with contextlib.nullcontext() if last or not self.ranks.distributed else self._trained.no_sync():
+                out = self._forward(self._trained, self.task, inputs, labels)
+                objective = out.loss * (world * count / total)
+                micro_aux = getattr(out, "aux_loss", None)
+                if micro_aux is not None:
+                    share = len(inputs) / config.batch_size
+                    objective = objective + micro_aux * (world * share)
+                    aux_loss = (0 if aux_loss is None else aux_loss) + micro_aux.detach().double() * share
+                objective.backward()
+            loss += out.loss.detach().double() * (count / total)
         if config.grad_clip is not None:
             grad_norm = nn.utils.clip_grad_norm_(self._trainable, config.grad_clip)
         else:
@@ -521,12 +587,11 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(torch.stack(norms))
         self.optimizer.step()
         self.scheduler.step()
-        aux_loss = None if aux_loss is None else aux_loss.detach()
-        return out.loss.detach(), aux_loss, grad_norm.detach(), inputs.numel()
+        return loss, aux_loss, grad_norm.detach(), sum(inputs.numel() for inputs, _ in micro_batches) * world
 
     def _run_loop(self, session_start: float) -> None:
         config, state = self.config, self._state
-        window = _Window(self.device)
+        window = _Window(self.device, self.ranks)
         with self._progress_bar() as bar:
             bar_task = bar.add_task(self.task.name, total=config.steps, completed=state.step, **self._bar_fields())
             while state.step < config.steps and not state.stopped_early:
@@ -588,8 +653,11 @@ class Trainer:
             state.stopped_by = "target"
 
     def _over_budget(self, session_start: float) -> bool:
+        """Whether the time budget is spent (rank 0's clock decides for every rank)."""
         budget = self.config.time_budget_s
-        return budget is not None and self._elapsed(session_start) >= budget
+        if budget is None:
+            return False
+        return distributed.agree(self._elapsed(session_start) >= budget, self.ranks, self.device)
 
     def _scored_eval(self, split: str, session_start: float) -> dict[str, float]:
         """A periodic-style evaluation (``eval_examples``) on ``split``, recorded; on the validation split, the
@@ -680,6 +748,8 @@ class Trainer:
         """Checkpoint the current state as ``checkpoints/step-<step>`` and prune old checkpoints."""
         state = self._state
         out_dir = Path(self.config.out_dir)
+        if not self.ranks.is_main:
+            return out_dir / CHECKPOINTS_DIR / f"step-{state.step:08d}"
         extra_progress = asdict(state)
         # Wall time so far, so that a resumed run reports the time of all its sessions.
         extra_progress["wall_time_s"] = state.wall_time_s + (time.perf_counter() - session_start)
@@ -701,7 +771,9 @@ class Trainer:
         return directory
 
     def _log(self, **record: Any) -> None:
-        if self.config.out_dir is None:
+        if self._tensorboard is not None:
+            self._tensorboard.write(record)
+        if self.config.out_dir is None or not self.ranks.is_main:
             return
         with open(Path(self.config.out_dir) / METRICS_FILE, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")

@@ -1,0 +1,215 @@
+"""Data-parallel training (longseq.train.distributed): 2 gloo ranks on this CPU against one process, gradient
+accumulation, kill -9 of the launcher and of a rank, bfloat16 autocast, TensorBoard logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from longseq.train import TrainConfig, Trainer, latest_checkpoint
+from longseq.train.distributed import Ranks, rank_micro_batches
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from ddp_worker import RaggedTask  # noqa: E402
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+QUIET = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+
+
+def test_rank_micro_batches_partition_the_global_batch_in_order():
+    indices = np.arange(100, 124)
+    for world, accum in [(1, 1), (2, 1), (2, 3), (3, 4), (4, 2)]:
+        parts = [rank_micro_batches(indices, Ranks(rank, world), accum) for rank in range(world)]
+        assert all(len(p) == accum for p in parts)
+        np.testing.assert_array_equal(np.concatenate([m for p in parts for m in p]), indices)
+    with pytest.raises(ValueError, match=r"batch_size=24 is not divisible by world_size x grad_accum = 5 x 1"):
+        rank_micro_batches(indices, Ranks(0, 5), 1)
+
+
+def test_trainer_refuses_a_batch_it_cannot_split():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"batch_size=6 cannot be split over 1 rank\(s\) x grad_accum=4"):
+        Trainer(model, RaggedTask(), TrainConfig(steps=2, batch_size=6, grad_accum=4), progress=False)
+
+
+def _worker(tmp_path: Path, name: str, grad_accum: int, *, ranks: int) -> dict[str, torch.Tensor]:
+    out = tmp_path / f"{name}.safetensors"
+    launcher = TORCHRUN if ranks == 2 else [sys.executable]
+    done = subprocess.run([*launcher, str(HERE / "ddp_worker.py"), str(out), str(grad_accum)], env=QUIET,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return safetensors.torch.load_file(str(out))
+
+
+def test_two_gloo_ranks_and_accumulation_train_the_one_process_weights(tmp_path):
+    """float64, 6 steps of a global batch of 8 whose examples supervise 1..16 positions each: 2 ranks x 2
+    micro-batches and 1 process x 4 micro-batches end at the weights of 1 process x 1 batch (up to summation order:
+    1e-10)."""
+    reference = _worker(tmp_path, "one", 1, ranks=1)
+    for name, weights in [("two_ranks", _worker(tmp_path, "two", 2, ranks=2)),
+                          ("accumulated", _worker(tmp_path, "acc", 4, ranks=1))]:
+        assert weights.keys() == reference.keys()
+        for key, value in weights.items():
+            torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-10, msg=f"{name}: {key}")
+    moved = max((reference[k] - v).abs().max().item() for k, v in _initial(tmp_path).items() if k in reference)
+    assert moved > 1e-3  # the comparison is of trained weights, not of the initialisation
+
+
+def _initial(tmp_path: Path) -> dict[str, torch.Tensor]:
+    from ddp_worker import VOCAB
+
+    from longseq.models import CausalLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=2, layers="s4d,attention", mlp_ratio=2.0))
+    return {k: v.double() for k, v in model.state_dict().items()}
+
+
+def _train_command(out_dir: Path, store: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "longseq.cli", "train", "--task", "mqar", "--seq-len", "32", "--kv-pairs", "4",
+            "--vocab", "64", "--d-model", "16", "--mixer", "s4d", "--steps", "60", "--batch-size", "8",
+            "--warmup-steps", "2", "--eval-every", "1000", "--target", "2", "--checkpoint-every", "4", "--threads",
+            "1", "--train-examples", "256", "--test-examples", "32", "--out-dir", str(out_dir), "--store", str(store),
+            "--no-progress", *extra]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) is not training
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def _wait_for_checkpoint(out_dir: Path, launcher: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while latest_checkpoint(out_dir) is None:
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.2)
+
+
+def _final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(latest_checkpoint(out_dir) / "model.safetensors"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the launched ranks")
+def test_kill_9_of_the_launcher_stops_the_ranks_and_the_run_resumes_with_another_rank_count(tmp_path):
+    reference_dir = tmp_path / "reference"
+    done = subprocess.run(_train_command(reference_dir, tmp_path / "ref.db"), env=QUIET, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out_dir, store = tmp_path / "run", tmp_path / "run.db"
+    launcher = subprocess.Popen(_train_command(out_dir, store, "--nproc", "2"), env=QUIET, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(out_dir, launcher)
+    ranks = _children(launcher.pid)
+    assert len(ranks) == 2
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in ranks):
+        assert time.monotonic() < deadline, "ranks still running 30 s after the launcher was killed"
+        time.sleep(0.2)
+    interrupted_at = int(latest_checkpoint(out_dir).name.removeprefix("step-"))
+    assert interrupted_at < 60
+
+    resumed = subprocess.run(_train_command(out_dir, store, "--resume"), env=QUIET, capture_output=True, text=True,
+                             timeout=240)  # one process now: the checkpoint does not depend on the rank count
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = _final_weights(out_dir)
+    reference = _final_weights(reference_dir)
+    for key, value in reference.items():  # float32: 2 ranks sum in another order than 1
+        torch.testing.assert_close(final[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["kind"] == "train"] == [
+        m["step"] for m in map(json.loads, (reference_dir / "metrics.jsonl").read_text().splitlines())
+        if m["kind"] == "train"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the launched ranks")
+def test_a_killed_rank_ends_the_run_with_a_message_naming_it(tmp_path):
+    launcher = subprocess.Popen(_train_command(tmp_path / "run", tmp_path / "run.db", "--nproc", "2"), env=QUIET,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(tmp_path / "run", launcher)
+    os.kill(sorted(_children(launcher.pid))[-1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert "of 2 failed" in stderr and "Resume from the last checkpoint with --resume" in stderr
+
+
+def test_nproc_needs_a_run_directory(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "longseq.cli", "train", "--steps", "2", "--nproc", "2"],
+                          env=QUIET, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "--nproc=2 needs a run directory (--out-dir" in done.stdout + done.stderr
+
+
+def test_bfloat16_autocast_trains_close_to_float32_and_keeps_parameters_in_float32(tmp_path):
+    from longseq.models import CausalLM, ModelConfig
+
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = CausalLM(ModelConfig(vocab_size=12, d_model=16, n_layers=2, layers="s4d,attention", mlp_ratio=2.0))
+        config = TrainConfig(steps=4, batch_size=8, warmup_steps=1, precision=precision, log_every=1,
+                             out_dir=tmp_path / precision)
+        Trainer(model, RaggedTask(), config, progress=False).train()
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        lines = (tmp_path / precision / "metrics.jsonl").read_text().splitlines()
+        losses[precision] = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    assert all(np.isfinite(losses["bfloat16"]))
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=3e-2)
+    assert losses["bfloat16"] != losses["float32"]  # autocast did run in bfloat16
+
+
+def test_precision_is_a_trajectory_field(tmp_path):
+    from longseq.models import CausalLM, ModelConfig
+    from longseq.train import CheckpointError
+
+    model = CausalLM(ModelConfig(vocab_size=12, d_model=16, n_layers=1, layers="s4d", mlp_ratio=0))
+    Trainer(model, RaggedTask(), TrainConfig(steps=2, batch_size=4, out_dir=tmp_path), progress=False).train()
+    bf16 = TrainConfig(steps=2, batch_size=4, out_dir=tmp_path, precision="bfloat16")
+    with pytest.raises(CheckpointError, match="precision: checkpoint 'float32', now 'bfloat16'"):
+        Trainer(model, RaggedTask(), bf16, progress=False).train(resume=True)
+
+
+def test_tensorboard_scalars_equal_the_metrics_log(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional extra: pip install -e '.[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from longseq.models import CausalLM, ModelConfig
+
+    model = CausalLM(ModelConfig(vocab_size=12, d_model=16, n_layers=1, layers="s4d", mlp_ratio=0))
+    config = TrainConfig(steps=6, batch_size=4, log_every=2, eval_every=3, out_dir=tmp_path / "run",
+                         tensorboard_dir=tmp_path / "tb")
+    Trainer(model, RaggedTask(), config, progress=False).train()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    logged = events.Scalars("train/loss")
+    assert [e.step for e in logged] == [r["step"] for r in train] == [2, 4, 6]
+    np.testing.assert_allclose([e.value for e in logged], [r["loss"] for r in train], rtol=1e-6)
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [r["step"] for r in records if r["kind"] == "eval"]
