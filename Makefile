@@ -9,7 +9,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	# The CPU wheel of PyTorch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	# The optional extras too, so that their tests run: HF interop (transformers), Ray sweeps, TensorBoard.
+	$(BIN)/pip install -e '.[dev,peers,distributed,tensorboard]'
 	touch $(STAMP)
 
 .PHONY: install test demo lint
