@@ -68,6 +68,8 @@ def collect_provenance(command: str | None = None, dtype: str | None = None) -> 
     # torch is imported here, not at module level, so that reading a results store does not pay for it.
     import torch
 
+    from longseq.kernels import kernel_status
+
     commit, dirty = git_state()
     return {
         "git_commit": commit,
@@ -78,6 +80,7 @@ def collect_provenance(command: str | None = None, dtype: str | None = None) -> 
         "cpu_model": cpu_model(),
         "gpu_model": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
+        "kernels": kernel_status(),
         "dtype": dtype,
         "command": command if command is not None else shlex.join(sys.argv),
         "hostname": socket.gethostname(),
