@@ -306,6 +306,7 @@ def test_provenance_fields_are_present_and_typed() -> None:
         "cpu_model",
         "gpu_model",
         "threads",
+        "kernels",
         "dtype",
         "command",
         "hostname",
@@ -314,6 +315,8 @@ def test_provenance_fields_are_present_and_typed() -> None:
     assert set(provenance) == expected
     assert isinstance(provenance["torch_version"], str) and isinstance(provenance["python_version"], str)
     assert isinstance(provenance["threads"], int) and provenance["threads"] >= 1
+    # which path each compiled kernel runs: "compiled" or "pytorch: <why>"
+    assert all(v == "compiled" or v.startswith("pytorch: ") for v in provenance["kernels"].values())
     assert provenance["dtype"] == "bfloat16"
     assert provenance["command"] == shlex.join(sys.argv)
     assert provenance["timestamp"].endswith("+00:00")

@@ -3,6 +3,22 @@
 One file (default ``./longseq-results/results.db``, or ``$LONGSEQ_RESULTS``), WAL mode, one committed
 transaction per write: a result recorded before a crash is never lost. Published figures travel as JSONL
 (``export_jsonl`` / ``import_jsonl``); importing the same file twice adds nothing.
+
+**Concurrent writers** (two benchmark processes, a Ray driver beside a CLI run) share the file safely:
+
+- WAL mode: readers never block the writer nor the writer them; ``synchronous=FULL``: a commit is on disk before
+  the write returns.
+- Each write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction: it takes the write lock up front, so two writers
+  queue instead of deadlocking halfway, and a write is all or nothing.
+- A busy timeout (``busy_timeout_s``, 30 s): SQLite itself waits for another writer's lock.
+- What the busy timeout does not cover (SQLite answers "database is locked" at once while another connection
+  recovers the WAL of a killed writer or changes the journal mode; a lock held past the timeout) is retried: the
+  whole transaction, or read, again after ``RETRY_DELAYS_S`` (jittered, bounded: about 6 s in all beyond the
+  timeouts), then a ``ResultsStoreError`` naming the store.
+- A writer killed mid-transaction (SIGKILL, power loss) leaves its uncommitted frames in the WAL without a commit
+  record: the next connection ignores them, and every committed row is there.
+
+SQLite's locking needs a local filesystem (not NFS): put the store where every writer sees the same disk.
 """
 
 from __future__ import annotations
@@ -10,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
+import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -52,6 +69,13 @@ _JSON_COLUMNS = ("config", "metrics", "provenance", "hypers")
 _DERIVED_COLUMNS = ("id", "row_key", *PROVENANCE_COLUMNS)
 
 _Record = TypeVar("_Record", bound=BaseModel)
+_T = TypeVar("_T")
+
+BUSY_TIMEOUT_S = 30.0
+"""Default of how long SQLite waits for another connection's lock before answering "database is locked"."""
+RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+"""Pauses before each retry of an operation that found the database locked or busy anyway (each stretched by up to
+half at random, so that two waiting writers do not retry in step)."""
 
 
 class ResultsStoreError(ValueError):
@@ -246,21 +270,27 @@ _SCHEMA = (
 class ResultsStore:
     """The results database: ``runs`` (training and quality runs) and ``speed`` (speed/memory points).
 
-    Use as a context manager, or call ``close()``. Every write is its own committed transaction.
+    Use as a context manager, or call ``close()``. Every write is its own committed transaction; several processes
+    may hold stores on the same file at once (module docstring). ``busy_timeout_s``: how long SQLite waits for
+    another connection's lock before the store's own retries (``RETRY_DELAYS_S``) start.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path) if path is not None else default_store_path()
+        if not busy_timeout_s >= 0:
+            raise ResultsStoreError(f"busy_timeout_s={busy_timeout_s!r}; allowed: a number of seconds >= 0")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), schema included.
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
         except (OSError, sqlite3.Error) as err:
             raise ResultsStoreError(f"cannot open results store {self.path}: {err}") from err
         self._conn.row_factory = sqlite3.Row
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._check_or_create_schema()
+            # Switching to WAL needs a moment alone with the file: another process opening it may be in the way.
+            self._retrying("open", lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._write("open", self._check_or_create_schema)
         except sqlite3.DatabaseError as err:
             self._conn.close()
             raise ResultsStoreError(f"cannot use {self.path} as a results store: {err}") from err
@@ -277,44 +307,73 @@ class ResultsStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so two writers queue instead of failing mid-transaction.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            # SQLite rolls some failures back by itself; a second ROLLBACK would mask the real error.
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _write(self, what: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``body(conn)`` in a transaction of its own, committed, or rolled back on any exception; the whole
+        transaction is retried while the database is locked (``_retrying``), so ``body`` must have no effect
+        outside the database (it may run again)."""
 
-    def _check_or_create_schema(self) -> None:
-        with self._transaction() as conn:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            tables.discard("sqlite_sequence")
-            if not tables:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                return
-            if "meta" not in tables:
-                raise ResultsStoreError(
-                    f"{self.path} is an SQLite database but not a longseq results store "
-                    f"(tables {sorted(tables)}, no 'meta' table)"
-                )
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            found = None if row is None else row[0]
-            while found is not None and found.isdigit() and int(found) in _MIGRATIONS:
-                _MIGRATIONS[int(found)](conn)
-                found = str(int(found) + 1)
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (found,))
-            if found != str(SCHEMA_VERSION):
-                raise ResultsStoreError(
-                    f"results store {self.path} has schema_version={found!r}; this longseq reads "
-                    f"schema_version {SCHEMA_VERSION} only"
-                )
+        def transaction() -> _T:
+            # IMMEDIATE takes the write lock up front, so two writers queue instead of failing mid-transaction.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(self._conn)
+                self._conn.execute("COMMIT")  # inside the try: a COMMIT that fails leaves nothing open
+            except BaseException:
+                # SQLite rolls some failures back by itself; a second ROLLBACK would mask the real error.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._retrying(what, transaction)
+
+    def _read(self, sql: str, parameters: tuple = ()) -> list[sqlite3.Row]:
+        """The rows of one query, retried like a write while the database is locked."""
+        return self._retrying("read", lambda: self._conn.execute(sql, parameters).fetchall())
+
+    def _retrying(self, what: str, operation: Callable[[], _T]) -> _T:
+        """``operation()``, again after each of ``RETRY_DELAYS_S`` while SQLite answers busy or locked (after its
+        own busy timeout, or at once where it does not wait); a ``ResultsStoreError`` once they are spent."""
+        started = time.monotonic()
+        delays = iter(RETRY_DELAYS_S)
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as err:
+                if not _is_busy(err):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise ResultsStoreError(
+                        f"{what} of results store {self.path}: still locked after {len(RETRY_DELAYS_S) + 1} attempts "
+                        f"over {time.monotonic() - started:.1f} s ({err}); another process holds its write lock"
+                    ) from err
+            time.sleep(delay * (1 + random.random() / 2))
+
+    def _check_or_create_schema(self, conn: sqlite3.Connection) -> None:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables.discard("sqlite_sequence")
+        if not tables:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return
+        if "meta" not in tables:
+            raise ResultsStoreError(
+                f"{self.path} is an SQLite database but not a longseq results store "
+                f"(tables {sorted(tables)}, no 'meta' table)"
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        found = None if row is None else row[0]
+        while found is not None and found.isdigit() and int(found) in _MIGRATIONS:
+            _MIGRATIONS[int(found)](conn)
+            found = str(int(found) + 1)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (found,))
+        if found != str(SCHEMA_VERSION):
+            raise ResultsStoreError(
+                f"results store {self.path} has schema_version={found!r}; this longseq reads "
+                f"schema_version {SCHEMA_VERSION} only"
+            )
 
     # ----- runs -----
 
@@ -356,7 +415,8 @@ class ResultsStore:
         )
         values = _column_values(record)
         restarted = ", ".join(f"{column} = excluded.{column}" for column in values if column != "created_at")
-        with self._transaction() as conn:
+
+        def upsert(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
                 f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))}) "
                 f"ON CONFLICT (run_id) DO UPDATE SET {restarted} WHERE runs.status != 'completed'",
@@ -364,6 +424,8 @@ class ResultsStore:
             )
             if cursor.rowcount == 0:
                 raise ResultsStoreError(f"run_id={record.run_id!r} is already completed in {self.path}")
+
+        self._write("start_run", upsert)
         return record.run_id
 
     def finish_run(
@@ -372,7 +434,8 @@ class ResultsStore:
         """Close a ``running`` run with its final status and results."""
         if status not in FINISHED_RUN_STATUSES:
             raise ResultsStoreError(f"finish_run status={status!r}; allowed: {', '.join(FINISHED_RUN_STATUSES)}")
-        with self._transaction() as conn:
+
+        def finish(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise ResultsStoreError(f"finish_run: no run with run_id={run_id!r} in {self.path}")
@@ -394,12 +457,14 @@ class ResultsStore:
                 (*(values[c] for c in changed), run_id),
             )
 
+        self._write("finish_run", finish)
+
     def get_run(self, run_id: str) -> dict:
         """The run with this run_id (JSON columns decoded)."""
-        row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
             raise ResultsStoreError(f"no run with run_id={run_id!r} in {self.path}")
-        return _decoded(row)
+        return _decoded(rows[0])
 
     def runs(
         self,
@@ -418,23 +483,25 @@ class ResultsStore:
 
     def finished_cell(self, cell_key: str) -> dict | None:
         """The latest *completed* run of this grid cell, or None (so failed or interrupted cells run again)."""
-        row = self._conn.execute(
+        rows = self._read(
             "SELECT * FROM runs WHERE cell_key = ? AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
             (cell_key,),
-        ).fetchone()
-        return None if row is None else _decoded(row)
+        )
+        return _decoded(rows[0]) if rows else None
 
     # ----- speed -----
 
     def add_speed_point(self, row: dict) -> int:
         """Store one speed point (keys: the fields of ``SpeedPoint``) and return its id."""
         values = self._speed_values(row)
-        with self._transaction() as conn:
+
+        def insert(conn: sqlite3.Connection) -> int:
             try:
-                cursor = conn.execute(_insert_sql("speed", values), tuple(values.values()))
+                return int(conn.execute(_insert_sql("speed", values), tuple(values.values())).lastrowid)
             except sqlite3.IntegrityError as err:
                 raise ResultsStoreError(f"this speed point is already stored in {self.path}") from err
-        return int(cursor.lastrowid)
+
+        return self._write("add_speed_point", insert)
 
     def speed_points(
         self,
@@ -452,8 +519,8 @@ class ResultsStore:
 
     def latest_bench_id(self) -> str | None:
         """The bench_id of the most recently created speed point, None when there is none."""
-        row = self._conn.execute("SELECT bench_id FROM speed ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
-        return None if row is None else row[0]
+        rows = self._read("SELECT bench_id FROM speed ORDER BY created_at DESC, id DESC LIMIT 1")
+        return rows[0][0] if rows else None
 
     # ----- JSONL -----
 
@@ -483,16 +550,20 @@ class ResultsStore:
         file is one transaction: a bad line imports nothing and the error names its line number.
         """
         path = Path(path)
-        added = 0
-        with self._transaction() as conn, path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    added += self._import_line(conn, line)
-                except (ResultsStoreError, json.JSONDecodeError) as err:
-                    raise ResultsStoreError(f"{path}:{number}: {err}") from None
-        return added
+
+        def import_all(conn: sqlite3.Connection) -> int:
+            added = 0
+            with path.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        added += self._import_line(conn, line)
+                    except (ResultsStoreError, json.JSONDecodeError) as err:
+                        raise ResultsStoreError(f"{path}:{number}: {err}") from None
+            return added
+
+        return self._write("import_jsonl", import_all)
 
     def _import_line(self, conn: sqlite3.Connection, line: str) -> int:
         row = json.loads(line)
@@ -521,13 +592,22 @@ class ResultsStore:
         given = {column: value for column, value in filters.items() if value is not None}
         where = " AND ".join(f"{column} = ?" for column in given)
         sql = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + f" ORDER BY {order}"
-        return [_decoded(row) for row in self._conn.execute(sql, tuple(given.values()))]
+        return [_decoded(row) for row in self._read(sql, tuple(given.values()))]
 
 
 def _insert_sql(table: str, values: dict[str, Any], *, skip_existing: bool = False) -> str:
     # ON CONFLICT DO NOTHING skips only key clashes; INSERT OR IGNORE would also hide CHECK violations.
     sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
     return sql + " ON CONFLICT DO NOTHING" if skip_existing else sql
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds (SQLITE_BUSY, SQLITE_LOCKED and their extended
+    codes, such as SQLITE_BUSY_RECOVERY), which waiting can cure."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:  # raised by the sqlite3 module itself, without a code
+        return "locked" in str(error) or "busy" in str(error)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _check_filter(name: str, value: str | None, allowed: tuple[str, ...]) -> None:

@@ -9,13 +9,31 @@ A checkpoint is one directory holding
   the model and optimizer (the trainer's best-on-validation weights, ``TrainConfig.select_on``), read back by
   ``read_extra_tensors``;
 - ``state.json``: the step, the caller's config and extra data (metrics so far, run id, ...), the optimizer's
-  param_groups and non-tensor state, the scheduler's state, the python/numpy/torch RNG states, and the size
-  and SHA-256 of both tensor files.
+  param_groups and non-tensor state, the scheduler's state, the python/numpy/torch RNG states, the size
+  and SHA-256 of the tensor files (``files``), the longseq version that wrote it (``longseq_version``) and the
+  SHA-256 of its own content (``state_sha256``).
 
 Every file is written to a temporary file in the same directory and moved into place with ``os.replace``;
 an existing ``state.json`` is removed first and the new one is written last, so a directory is a complete
 checkpoint iff its ``state.json`` exists, and the recorded checksums catch tensor files that do not belong
 to it.
+
+**Integrity.** Loading verifies everything before it modifies anything, and each problem is one line
+(``CheckpointError``) naming what differs: a tensor file whose size or SHA-256 is not the recorded one (one flipped
+byte is enough), a ``state.json`` whose content hash is not the recorded one, tensors that do not fit the model
+(names, shapes, dtypes) or the optimizer, a config other than the one the caller expects (``load_checkpoint(...,
+config=)``: ``config.model.d_model: checkpoint 16, now 32``), and a format this code cannot read. ``state_sha256``
+hashes the canonical JSON (sorted keys, compact) of every entry but itself, of ``files`` only the names: the
+digests recorded there are checked against the files themselves, so damage to one is caught as a tensor file that
+does not match it, and a tensor file may be re-recorded by rewriting its digest alone. So any changed byte of a
+checkpoint (but JSON whitespace) is an error.
+
+**Compatibility.** ``version`` is the format, not the longseq release: this code reads formats 1 to
+``FORMAT_VERSION``, whichever longseq wrote them, and refuses a newer format naming the longseq version that wrote
+it and the one reading it. Format 1 (longseq 0.1.0 before integrity hashes) has no ``longseq_version`` nor
+``state_sha256``: such a checkpoint loads without those checks. From format 2 on both are required, so a checkpoint
+stripped of its hash is refused rather than trusted. A field a format adds later is optional in the older formats
+and required from its own on; fields are never removed within a format.
 """
 
 from __future__ import annotations
@@ -36,8 +54,12 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from longseq import __version__
+from longseq.userinput import short_repr
+
 FORMAT = "longseq-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: longseq_version and state_sha256 added (format 1 still read)
+READABLE_VERSIONS = range(1, FORMAT_VERSION + 1)
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 EXTRA_TENSORS_FILE = "extra.safetensors"
@@ -74,6 +96,7 @@ def save_checkpoint(
     state = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
+        "longseq_version": __version__,
         "step": step,
         "config": config,
         "extra": extra,
@@ -99,6 +122,7 @@ def save_checkpoint(
     else:  # a file left by an earlier checkpoint in this directory is not part of this one
         (directory / EXTRA_TENSORS_FILE).unlink(missing_ok=True)
     state["files"] = {name: _file_digest(directory / name) for name in files}
+    state["state_sha256"] = _state_digest(state)
     text = json.dumps(state, indent=1)
     _atomic_write(directory / STATE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return directory
@@ -124,6 +148,16 @@ def _file_digest(path: Path) -> dict[str, Any]:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of ``state``'s canonical JSON without ``state_sha256`` and with only the names of the ``files``
+    (module docstring). Hashed as JSON reads it back (tuples become lists, integer keys strings, which sort
+    differently), so the digest of the loaded state equals the digest of the state saved."""
+    content = {key: value for key, value in json.loads(json.dumps(state)).items() if key != "state_sha256"}
+    files = content.get("files")
+    content["files"] = sorted(files) if isinstance(files, dict) else files
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -193,10 +227,11 @@ def preserved_rng_state() -> Iterator[None]:
 
 
 def read_checkpoint_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``state.json`` of the checkpoint in ``directory``, without touching any model.
+    """The parsed and verified ``state.json`` of the checkpoint in ``directory``, without touching any model.
 
-    Raises ``CheckpointError`` "no checkpoint at <path>" when the directory or its ``state.json`` is missing,
-    and one naming the file and the problem when the JSON is malformed.
+    Raises ``CheckpointError`` "no checkpoint at <path>" when the directory or its ``state.json`` is missing, and
+    one naming the file and the problem when the JSON is malformed, is not a longseq checkpoint, is of a format this
+    code cannot read, misses entries, or does not match its recorded ``state_sha256`` (module docstring).
     """
     directory = Path(directory)
     path = directory / STATE_FILE
@@ -206,16 +241,52 @@ def read_checkpoint_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
-    required = ("format", "version", "step", "config", "extra", "optimizer", "scheduler", "rng", "files")
-    if not isinstance(state, dict) or any(key not in state for key in required):
-        missing = [key for key in required if not isinstance(state, dict) or key not in state]
-        raise CheckpointError(f"{path}: missing entries {missing}")
-    if state["format"] != FORMAT or state["version"] != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a longseq checkpoint (format {short_repr(found)}, expected {FORMAT!r})")
+    version = state.get("version")
+    if not isinstance(version, int) or version not in READABLE_VERSIONS:
+        writer = state.get("longseq_version", "an unknown version")
         raise CheckpointError(
-            f"{path}: format {state['format']!r} version {state['version']!r}; "
-            f"this code reads {FORMAT!r} version {FORMAT_VERSION}"
+            f"{path}: written by longseq {writer} (format {short_repr(version)}), this is longseq {__version__} "
+            f"(format {FORMAT_VERSION}), which reads formats {READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}; "
+            "load it with the longseq that wrote it, or a newer one"
+        )
+    required = ["step", "config", "extra", "optimizer", "scheduler", "rng", "files"]
+    if version >= 2:
+        required += ["longseq_version", "state_sha256"]
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing entries {missing} (format {version})")
+    # Whenever recorded (not only from format 2 on), so that damage to "version" itself cannot skip the check.
+    if "state_sha256" in state and _state_digest(state) != state["state_sha256"]:
+        raise CheckpointError(
+            f"{path}: sha256 of its content {_state_digest(state)[:12]} != recorded "
+            f"{str(state['state_sha256'])[:12]}; the file was edited or damaged"
         )
     return state
+
+
+def config_differences(then: Any, now: Any, path: str) -> list[str]:
+    """``"<path>.<key>...: checkpoint <then>, now <now>"`` for each leaf where two JSON-able configs differ, dicts
+    compared key by key (a key on one side only shows as ``<absent>``); [] when they are equal. Both are compared
+    as JSON reads them back, so a tuple equals the list a checkpoint stored."""
+    return _differences(json.loads(json.dumps(then)), json.loads(json.dumps(now)), path)
+
+
+_ABSENT = object()
+
+
+def _differences(then: Any, now: Any, path: str) -> list[str]:
+    if isinstance(then, dict) and isinstance(now, dict):
+        found = []
+        for key in [*then, *(key for key in now if key not in then)]:
+            found += _differences(then.get(key, _ABSENT), now.get(key, _ABSENT), f"{path}.{key}")
+        return found
+    if then == now:
+        return []
+    shown = ["<absent>" if value is _ABSENT else short_repr(value) for value in (then, now)]
+    return [f"{path}: checkpoint {shown[0]}, now {shown[1]}"]
 
 
 def load_checkpoint(
@@ -224,15 +295,21 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore model weights, optimizer, scheduler and RNG states from ``directory``; return its state.json.
 
-    Everything is checked before anything is modified, so a ``CheckpointError`` (missing checkpoint, bad JSON,
-    checksum mismatch, missing/unexpected/misshapen tensors, parameter groups that do not fit) leaves the
-    model and optimizer as they were.
+    ``config``: when given, the config the checkpoint must have been saved with (``save_checkpoint``'s), compared
+    leaf by leaf. Everything is checked before anything is modified, so a ``CheckpointError`` (missing checkpoint,
+    bad JSON, unreadable format, checksum mismatch, another config, missing/unexpected/misshapen tensors, parameter
+    groups that do not fit) leaves the model and optimizer as they were.
     """
     directory = Path(directory)
     state = read_checkpoint_state(directory)
+    if config is not None:
+        differences = config_differences(state["config"], config, "config")
+        if differences:
+            raise CheckpointError(f"{directory}: config differs: " + "; ".join(differences))
     for name in (MODEL_FILE, OPTIMIZER_FILE):
         _verify_file(directory / name, state["files"].get(name))
     weights = _read_tensors(directory / MODEL_FILE)

@@ -37,7 +37,7 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
 )
 
 
-OMITTED_AT_DEFAULT: tuple[str, ...] = ("select_on", "grad_accum", "precision", "tensorboard_dir")
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("select_on", "grad_accum", "precision", "tensorboard_dir", "on_nonfinite")
 """Fields added after runs were recorded, left out of ``to_json_dict`` while at their default (the behaviour from
 before they existed): the stored configs, checkpoint configs and quality run keys of runs that do not use them
 stay what they were."""
@@ -84,6 +84,14 @@ class TrainConfig(pydantic.BaseModel):
     """Floor of the cosine decay as a fraction of ``lr``."""
     grad_clip: PositiveFloat | None = 1.0
     """Clip the global gradient L2 norm to this value; None = no clipping (the norm is still logged)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """What a step whose loss or gradient norm is NaN or infinite (on any rank) does; checked every step, before the
+    optimizer step. ``"stop"``: raise ``TrainingDiverged`` naming the step and the first module whose output was
+    non-finite (the update is not applied; the checkpoints on disk are the last good ones). ``"skip"``: drop the
+    update (no optimizer step) and go on; the lr schedule and the data order still advance with the step, so update
+    s keeps batch s and lr_at(s), and a run still ends at ``steps``. Skipped steps are counted as ``skipped_steps``
+    in the train lines of ``metrics.jsonl`` and the final metrics. Not a trajectory field: a run stopped by a
+    non-finite step may resume with ``"skip"``."""
     eval_every: PositiveInt = 100
     """Evaluate every this many steps (and always at the end), on the split ``select_on`` names."""
     eval_examples: PositiveInt | None = None

@@ -25,6 +25,15 @@ end the kept weights are loaded, scored on the whole test split (and on ``extra_
 final metrics are ``<metric>`` and ``loss`` on test, ``val_<metric>``, ``val_loss`` and ``selected_step`` of the
 selected evaluation, and the final checkpoint (and the model object) hold the selected weights.
 
+**Non-finite steps** (``TrainConfig.on_nonfinite``). Every step checks that its loss and gradient norm are finite
+before the optimizer step: one host sync per step, and one scalar all-reduce under torchrun so that every rank takes
+the same decision. ``"stop"`` (the default) raises ``TrainingDiverged`` naming the step and the first module whose
+output was non-finite, found by running the failing micro-batch again with forward hooks (installed only then, so
+the normal path pays nothing for them), and the weights and gradients that hold a non-finite value; the update is
+not applied and nothing is checkpointed, so the latest checkpoint on disk is the last good one. ``"skip"`` drops the
+update (the schedule and the data order still advance) and counts it as ``skipped_steps``. Whatever the mode, a
+checkpoint is never written of parameters that hold a non-finite value.
+
 Output layout under ``config.out_dir``: ``metrics.jsonl`` (one JSON object per line, ``"kind": "train"`` or
 ``"eval"``) and ``checkpoints/step-XXXXXXXX/`` (see ``longseq.train.checkpoint``). Anything else (a results
 store) hears of the run through an observer (``longseq.train.events.TrainObserver``) and the returned result.
@@ -40,10 +49,11 @@ import random
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +65,7 @@ from longseq.tasks.base import IGNORE_INDEX, Task, padding_mask, task_splits
 from longseq.train import distributed
 from longseq.train.checkpoint import (
     CheckpointError,
+    config_differences,
     load_checkpoint,
     preserved_rng_state,
     read_checkpoint_state,
@@ -63,6 +74,7 @@ from longseq.train.checkpoint import (
 )
 from longseq.train.config import TRAJECTORY_FIELDS, TrainConfig
 from longseq.train.events import RunStart, SessionEnd, TrainObserver, TrainResult
+from longseq.train.nonfinite import first_nonfinite_module, listed, nonfinite_names
 from longseq.train.schedule import warmup_cosine_scheduler
 from longseq.train.tensorboard import TensorBoardLog
 
@@ -73,7 +85,18 @@ _MODEL_OUTPUT_FIELDS = ("loss", "predictions", "targets", "example_index")
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """A training step's loss or gradient norm became NaN or infinite (``TrainConfig.on_nonfinite="stop"``), or the
+    weights about to be checkpointed hold such a value.
+
+    ``step``: the update that failed, counted as ``metrics.jsonl`` counts them (the first update is step 1);
+    ``module``: the first module whose output was non-finite when the failing micro-batch ran again, as
+    ``"'name' (Class)"``, or None when none was (only a gradient overflowed, or the rerun did not reproduce it).
+    """
+
+    def __init__(self, message: str, *, step: int, module: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.module = module
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -217,12 +240,14 @@ class _Progress:
     final_metrics: dict[str, float] | None = None
     selected_step: int | None = None  # select_on="val": the step of the kept weights
     selected_metrics: dict[str, float] | None = None  # and their validation metrics, as "val_<name>"
+    skipped_steps: int = 0  # on_nonfinite="skip": updates dropped for a non-finite loss or gradient
 
 
 class _Window:
     """Sums of the training loss, auxiliary loss and gradient norm since the last log line, kept on the device.
 
-    Accumulating on the device and reading once per log line avoids a host-device sync every step.
+    Accumulating on the device and reading once per log line keeps the per-step host sync to the one finiteness
+    flag (``Trainer._finite_on_every_rank``) and the all-reduce of the losses to once per log line.
     """
 
     def __init__(self, device: torch.device, ranks: distributed.Ranks) -> None:
@@ -241,19 +266,35 @@ class _Window:
             self.has_aux = True
         self.steps += 1
 
-    def pop(self) -> tuple[float, float, int, float | None]:
-        """(mean loss, mean gradient norm, steps, mean aux loss or None when the model has none) of the window,
-        which then starts afresh."""
+    def pop(self) -> tuple[float | None, float | None, float | None]:
+        """(mean loss, mean gradient norm, mean aux loss or None when the model has none) of the window's updates,
+        which then starts afresh; all None when every step of the window was skipped (``on_nonfinite="skip"``:
+        skipped steps are not added)."""
         # Each rank holds its share of every step's loss (the gradient norm is already the global one).
+        # All ranks skip the same steps, so they agree on an empty window and all take part in the all-reduce.
         sums = distributed.all_reduce_sum(torch.stack([self.loss, self.aux_loss]), self.ranks)
-        aux = sums[1].item() / self.steps if self.has_aux else None
-        means = (sums[0].item() / self.steps, self.grad_norm.item() / self.steps, self.steps, aux)
+        if self.steps == 0:
+            means: tuple[float | None, float | None, float | None] = (None, None, None)
+        else:
+            aux = sums[1].item() / self.steps if self.has_aux else None
+            means = (sums[0].item() / self.steps, self.grad_norm.item() / self.steps, aux)
         self.loss.zero_()
         self.grad_norm.zero_()
         self.aux_loss.zero_()
         self.has_aux = False
         self.steps = 0
         return means
+
+
+class _StepResult(NamedTuple):
+    """What one training step did: the task loss, auxiliary loss (None without one) and gradient norm before
+    clipping (device tensors, not synced), the input token count, and whether the update was skipped."""
+
+    loss: torch.Tensor
+    aux_loss: torch.Tensor | None
+    grad_norm: torch.Tensor
+    tokens: int
+    skipped: bool
 
 
 class Trainer:
@@ -495,15 +536,19 @@ class Trainer:
         return {"train": self.config.to_json_dict(), "task": self.task.describe(), "model": self.model_config}
 
     def _check_resumable(self, directory: Path, saved: dict[str, Any]) -> None:
-        """An exact resume needs the same task and the same trajectory-shaping training fields."""
+        """An exact resume needs the same task, the same model and the same trajectory-shaping training fields."""
         current = self._checkpoint_config()
         problems = []
         for field in (*TRAJECTORY_FIELDS, "select_on"):
             then, now = (TrainConfig.field_of(train, field) for train in (saved.get("train", {}), current["train"]))
             if then != now:
                 problems.append(f"{field}: checkpoint {then!r}, now {now!r}")
-        if saved.get("task") != current["task"]:
-            problems.append(f"task: checkpoint {saved.get('task')!r}, now {current['task']!r}")
+        problems += config_differences(saved.get("task"), current["task"], "task")
+        # A model field the checkpoint does not record was added to longseq after it was written (at a default that
+        # keeps the earlier behaviour): not a difference.
+        saved_model = saved.get("model") or {}
+        problems += config_differences(saved_model, {k: v for k, v in current["model"].items() if k in saved_model},
+                                       "model")
         if problems:
             raise CheckpointError(f"{directory}: cannot resume exactly with a different setup: " + "; ".join(problems))
 
@@ -542,9 +587,9 @@ class Trainer:
             )
         return out
 
-    def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
-        """One update; returns the (device) task loss, auxiliary loss (None without one) and gradient norm before
-        clipping, and the input token count."""
+    def _train_step(self, step: int) -> _StepResult:
+        """One update (or, with ``on_nonfinite="skip"``, none when the step went non-finite): see ``_StepResult``.
+        With ``on_nonfinite="stop"`` a non-finite step raises ``TrainingDiverged`` before the optimizer step."""
         config = self.config
         indices = batch_indices(
             seed=config.seed,
@@ -579,15 +624,83 @@ class Trainer:
                     aux_loss = (0 if aux_loss is None else aux_loss) + micro_aux.detach().double() * share
                 objective.backward()
             loss += out.loss.detach().double() * (count / total)
+        grads = [p.grad.detach() for p in self._trainable if p.grad is not None]
+        # What clip_grad_norm_ computes, taken apart so that a non-finite norm is seen before clipping smears it
+        # over every gradient (the message then names the parameters whose gradient overflowed).
+        grad_norm = nn.utils.get_total_norm(grads).to(self.device) if grads else torch.zeros((), device=self.device)
+        tokens = sum(inputs.numel() for inputs, _ in micro_batches) * world
+        result = _StepResult(loss, aux_loss, grad_norm, tokens, skipped=False)
+        if not self._finite_on_every_rank(loss, aux_loss, grad_norm):
+            if config.on_nonfinite == "stop":
+                raise self._diverged(step, result, micro_batches)
+            self._skip_update()
+            return result._replace(skipped=True)
         if config.grad_clip is not None:
-            grad_norm = nn.utils.clip_grad_norm_(self._trainable, config.grad_clip)
-        else:
-            grads = [p.grad.detach() for p in self._trainable if p.grad is not None]
-            norms = [torch.linalg.vector_norm(g) for g in grads] or [torch.zeros((), device=self.device)]
-            grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+            nn.utils.clip_grads_with_norm_(self._trainable, config.grad_clip, grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return loss, aux_loss, grad_norm.detach(), sum(inputs.numel() for inputs, _ in micro_batches) * world
+        return result
+
+    def _finite_on_every_rank(self, loss: torch.Tensor, aux_loss: torch.Tensor | None,
+                              grad_norm: torch.Tensor) -> bool:
+        """Whether the step's loss, aux loss and gradient norm are finite on every rank: one host sync per step
+        (and one scalar all-reduce under torchrun, so that all ranks stop or skip together; each rank's loss is its
+        own share, the gradient norm is already global)."""
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
+        if aux_loss is not None:
+            bad |= ~torch.isfinite(aux_loss)
+        return distributed.all_reduce_sum(bad.to(torch.float32).reshape(1), self.ranks).item() == 0
+
+    def _skip_update(self) -> None:
+        """``on_nonfinite="skip"``: no optimizer step (weights, moments and AdamW's step count stay), but the
+        schedule advances with the step counter, so that update s keeps lr_at(s) and batch s."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # Torch warns when the very first scheduler step comes before any optimizer step: here it is meant.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.scheduler.step()
+
+    def _diverged(self, step: int, result: _StepResult,
+                  micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> TrainingDiverged:
+        """The error for a non-finite step (``on_nonfinite="stop"``), found out after the fact: this rank's failing
+        micro-batches run again (forward only, in training mode, the RNG state preserved) with a hook on every
+        module until one outputs a non-finite value; and the weights and gradients that hold one are named."""
+        aux = None if result.aux_loss is None else result.aux_loss.item()
+        values = {"training loss": result.loss.item(), "aux loss": aux, "gradient norm": result.grad_norm.item()}
+        shown = ", ".join(f"{name} is {value:.6g}" for name, value in values.items() if value is not None)
+        module = None
+        if all(value is None or math.isfinite(value) for value in values.values()):
+            # Only under torchrun: the ranks agreed to stop on another rank's loss.
+            found = ["another rank's loss was not finite"]
+        else:
+            with torch.no_grad(), preserved_rng_state():
+                for inputs, labels in micro_batches:
+                    module = first_nonfinite_module(
+                        self.model, functools.partial(self._forward, self.model, self.task, inputs, labels))
+                    if module is not None:
+                        break
+            named = list(self.model.named_parameters())
+            weights = nonfinite_names(named)
+            gradients = nonfinite_names((name, p.grad) for name, p in named)
+            found = [
+                f"first non-finite output: {module}" if module else "no module output was non-finite when the "
+                "failing micro-batch ran forward again (the backward pass overflowed, or the failure needs this "
+                "step's random draws)",
+                *([f"non-finite weights: {listed(weights)}"] if weights else []),
+                *([f"non-finite gradients: {listed(gradients)}"] if gradients else []),
+            ]
+        rank = f" on rank {self.ranks.rank}" if self.ranks.distributed else ""
+        return TrainingDiverged(
+            f"step {step + 1}{rank}: {shown} (lr {self._scheduled_lr():.3g}); {'; '.join(found)}; the update was not "
+            f"applied, {self._last_good_checkpoint()}; lower lr, set grad_clip, or set on_nonfinite='skip' to drop "
+            "such steps",
+            step=step + 1, module=module,
+        )
+
+    def _last_good_checkpoint(self) -> str:
+        """Where a diverged run can resume from, for its message (checkpoints hold finite weights only)."""
+        last = latest_checkpoint(self.config.out_dir) if self.config.out_dir is not None else None
+        return f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written"
 
     def _run_loop(self, session_start: float) -> None:
         config, state = self.config, self._state
@@ -597,10 +710,13 @@ class Trainer:
             while state.step < config.steps and not state.stopped_early:
                 started = time.perf_counter()
                 lr = self._scheduled_lr()
-                loss, aux_loss, grad_norm, tokens = self._train_step(state.step)
+                result = self._train_step(state.step)
                 state.step += 1
-                state.tokens += tokens
-                window.add(loss, grad_norm, aux_loss)
+                state.tokens += result.tokens
+                if result.skipped:
+                    state.skipped_steps += 1
+                else:
+                    window.add(result.loss, result.grad_norm, result.aux_loss)
                 final = state.step == config.steps
                 if not final and self._over_budget(session_start):
                     state.stopped_early = True
@@ -624,15 +740,15 @@ class Trainer:
         """``config.lr`` times the schedule's current factor: the lr of the groups without their own."""
         return self.config.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
-    def _log_train(self, lr: float, loss: float, grad_norm: float, steps: int, aux_loss: float | None,
+    def _log_train(self, lr: float, loss: float | None, grad_norm: float | None, aux_loss: float | None,
                    session_start: float) -> None:
+        """A train line: the means over the window's updates (every step was checked finite; loss and grad_norm
+        are null when the window's steps were all skipped), and ``skipped_steps`` so far with
+        ``on_nonfinite="skip"``."""
         state = self._state
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"training loss is {loss} over steps {state.step - steps + 1}..{state.step} (lr {lr:.3g}); "
-                "lower lr or set grad_clip"
-            )
-        state.last_train_loss = loss
+        if loss is not None:
+            state.last_train_loss = loss
+        skipping = self.config.on_nonfinite == "skip"
         self._log(
             kind="train",
             step=state.step,
@@ -640,6 +756,7 @@ class Trainer:
             loss=loss,
             **({} if aux_loss is None else {"aux_loss": aux_loss}),
             grad_norm=grad_norm,
+            **({"skipped_steps": state.skipped_steps} if skipping else {}),
             tokens_per_s=self._tokens_per_s(),
             elapsed_s=self._elapsed(session_start),
         )
@@ -748,6 +865,12 @@ class Trainer:
         """Checkpoint the current state as ``checkpoints/step-<step>`` and prune old checkpoints."""
         state = self._state
         out_dir = Path(self.config.out_dir)
+        # Every rank checks (their weights are equal), so that all raise together: a poisoned checkpoint would
+        # replace a good one when old checkpoints are pruned. Parameters only: a buffer may hold -inf by design.
+        poisoned = nonfinite_names(self.model.named_parameters())
+        if poisoned:
+            raise TrainingDiverged(f"step {state.step}: not checkpointed, the weights hold non-finite values "
+                                   f"({listed(poisoned)}); {self._last_good_checkpoint()}", step=state.step)
         if not self.ranks.is_main:
             return out_dir / CHECKPOINTS_DIR / f"step-{state.step:08d}"
         extra_progress = asdict(state)
@@ -789,10 +912,13 @@ class Trainer:
         state = self._state
         if checkpoint is None and self.config.out_dir is not None:
             checkpoint = latest_checkpoint(self.config.out_dir)
+        metrics = dict(state.final_metrics or state.last_eval or {})
+        if self.config.on_nonfinite == "skip":
+            metrics["skipped_steps"] = state.skipped_steps
         return TrainResult(
             run_id=state.run_id,
             steps=state.step,
-            metrics=dict(state.final_metrics or state.last_eval or {}),
+            metrics=metrics,
             best_metric=state.best_metric,
             wall_time_s=wall_time_s,
             tokens_per_s=self._tokens_per_s(),
