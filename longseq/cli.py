@@ -187,6 +187,8 @@ def train(
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine, launched with torchrun "
                                        "(gloo on CPU, NCCL on CUDA); --batch-size is the global batch.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, or cuda (under --nproc each rank takes GPU LOCAL_RANK).")] = "cpu",
+    on_nonfinite: Annotated[str, typer.Option(help="A NaN/inf loss or gradient: stop (naming the step and layer) or "
+                                              "skip the step (counted as skipped_steps).")] = "stop",
 ) -> None:
     """Train a model on a task and record the run: a causal LM, or for a classification task (listops,
     pathfinder) an encoder classifier. Flags build the config; --config FILE.yaml replaces them."""
@@ -213,7 +215,8 @@ def train(
                       "target_metric": target,
                       "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every,
                       "out_dir": str(out_dir or default_out_dir(task, mixer)), "grad_accum": grad_accum,
-                      "precision": precision, "tensorboard_dir": None if tensorboard is None else str(tensorboard)},
+                      "precision": precision, "tensorboard_dir": None if tensorboard is None else str(tensorboard),
+                      "on_nonfinite": on_nonfinite},
             "classifier": {"pattern": pattern, "pooling": pooling},
         })
     if nproc != 1 and not distributed.launched_by_torchrun():
@@ -279,6 +282,9 @@ def bench_quality(
     budget: Annotated[float | None, typer.Option(help="Wall-time budget in seconds (default: the suite's).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the shipped suites and exit.")] = False,
     store: Annotated[Path | None, typer.Option(help="Results database.")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Run the runs as Ray tasks (pip install -e '.[distributed]'): local = start a cluster on this "
+                      "machine, auto = join the one `ray start` runs here, or HOST:PORT / ray://HOST:PORT.")] = None,
 ) -> None:
     """Train a task x mixer x hyper-parameter grid; best learning rate per cell (Zoology); print the leaderboard.
     Finished cells are skipped on a re-run."""
@@ -309,7 +315,7 @@ def bench_quality(
     if grid:
         chosen = chosen.with_grid(parse_grid(grid, mixer_names=mixer_list or chosen.resolved_mixers()))
     report = run_quality(suite=chosen, store=ResultsStore(store), mixers=mixer_list, budget_s=budget,
-                         command=shlex.join(sys.argv), log=lambda m: console.print(m, markup=False))
+                         command=shlex.join(sys.argv), log=lambda m: console.print(m, markup=False), ray=ray)
     console.print(format_leaderboard(report.leaderboard))
     console.print(report.summary(), markup=False)
 

@@ -51,6 +51,9 @@ is bounded is the suite's ``split``:
 Either way runs that find no time left are not started and are reported as ``out_of_budget`` (a later call
 runs them).
 
+**On Ray** (``run_quality(ray=ADDRESS)``, ``longseq bench quality --ray``): the runs are Ray tasks, several at a
+time, and this process keeps the store; ``longseq.bench.ray_sweep`` says how the budget, kills and resumes map.
+
 **Classification tasks** (LRA's: ListOps, Pathfinder, the stand-ins) train encoders (``ExperimentConfig.classifier``):
 their cells are validated with every mixer built in the classifier's pattern (non-causal self by default, causal
 self for a mixer that has only that), where token tasks build causal LMs; ``mixers: all`` lists, beside the causal
@@ -98,6 +101,7 @@ from longseq.results.store import ResultsStore
 from longseq.tasks import available_tasks, is_classification, is_classification_class, num_segments, task_class
 from longseq.tasks.fingerprint import data_fingerprint
 from longseq.train.config import TrainConfig
+from longseq.train.events import TrainResult
 from longseq.train.experiment import (
     ClassifierSpec,
     ExperimentConfig,
@@ -818,6 +822,13 @@ def _progress_reached(out_dir: Path) -> tuple[int, float]:
     return steps, wall
 
 
+def close_from_folder(store: ResultsStore, run_id: str, out_dir: Path, *, status: str, metrics: dict[str, Any]) -> None:
+    """Close a ``running`` row whose training cannot report its end (its process died), with the steps and wall
+    time its folder's ``metrics.jsonl`` reached."""
+    steps, wall = _progress_reached(out_dir)
+    store.finish_run(run_id, status=status, metrics=metrics, wall_time_s=wall, tokens_per_s=0.0, steps=steps)
+
+
 def _close_abandoned_runs(
     store: ResultsStore, suite: str, todo: Sequence[QualityRun], root: Path, log: Callable[[str], None]
 ) -> None:
@@ -826,16 +837,73 @@ def _close_abandoned_runs(
     for row in store.runs(suite=suite, status="running"):
         if row["cell_key"] not in keys:
             continue
-        steps, wall = _progress_reached(root / suite / row["cell_key"])
-        store.finish_run(
-            row["run_id"],
-            status="interrupted",
-            metrics={"stopped_by": "abandoned"},
-            wall_time_s=wall,
-            tokens_per_s=0.0,
-            steps=steps,
-        )
+        close_from_folder(store, row["run_id"], root / suite / row["cell_key"], status="interrupted",
+                          metrics={"stopped_by": "abandoned"})
         log(f"closed run {row['run_id']} ({row['cell_key']}) left running by a call that died: interrupted")
+
+
+def foreign_folder_reason(out_dir: Path) -> str:
+    """Why a run whose folder holds a finished run that the store does not record is not trained again."""
+    return f"{out_dir} holds a finished run that this store does not record; delete that folder to re-run"
+
+
+def result_line(result: TrainResult) -> str:
+    """``accuracy 0.9000, loss 0.3000 after 100 steps in 12.0s (stopped by steps)``."""
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    return f"{scores} after {result.steps} steps in {result.wall_time_s:.1f}s (stopped by {result.stopped_by})"
+
+
+@dataclass
+class RunsOutcome:
+    """What training the runs left did: how many finished, which failed (with the reason) and which found no time
+    left to start."""
+
+    ran: int = 0
+    failed: list[tuple[QualityRun, str]] = field(default_factory=list)
+    out_of_budget: list[QualityRun] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One ``run_quality`` call as its runs see it, in this process or on Ray (``longseq.bench.ray_sweep``): the
+    suite, the store, the root of the run folders, the call's budget and when it started, the provenance command
+    and the log."""
+
+    suite: QualitySuite
+    store: ResultsStore
+    root: Path
+    budget_s: float
+    started: float
+    command: str | None
+    log: Callable[[str], None]
+
+    def time_left(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.started)
+
+    def run_dir(self, run: QualityRun) -> Path:
+        """``<root>/<suite>/<cell_key>``: the run's checkpoints and ``metrics.jsonl``, where a resume finds them."""
+        return self.root / self.suite.name / run.key
+
+    def share(self, left: float, runs_left: int, slots: int = 1) -> float | None:
+        """The time budget of the next run to start: with ``split: time`` the time left split evenly over the
+        ``runs_left`` runs (this one included), which run ``slots`` at a time; None with ``split: steps``."""
+        return left / math.ceil(runs_left / slots) if self.suite.split == "time" else None
+
+    def config_for(self, run: QualityRun, share: float | None) -> ExperimentConfig:
+        """``run``'s config with the fields the runner sets: its folder and its time budget."""
+        train = run.config.train.model_copy(update={"out_dir": self.run_dir(run), "time_budget_s": share})
+        return run.config.model_copy(update={"train": train})
+
+    def start_line(self, index: int, total: int, run: QualityRun, config: ExperimentConfig, resume: bool) -> str:
+        """``[2/4] <run label>: 12.5s (resuming)``: the run, its bound (a time share or its steps)."""
+        budget = config.train.time_budget_s
+        bound = f"{budget:.1f}s" if budget is not None else f"{config.train.steps} steps"
+        return f"[{index}/{total}] {run.label}: {bound}{' (resuming)' if resume else ''}"
+
+    def out_of_budget(self, runs: list[QualityRun]) -> list[QualityRun]:
+        """Log that ``runs`` do not start (the budget is spent) and return them."""
+        self.log(f"budget of {self.budget_s:.0f}s spent: {len(runs)} runs not started (a later call runs them)")
+        return runs
 
 
 def run_quality(
@@ -848,6 +916,7 @@ def run_quality(
     command: str | None = None,
     log: Callable[[str], None] = print,
     out_root: str | Path | None = None,
+    ray: str | None = None,
 ) -> QualityReport:
     """Train every run of ``suite`` (restricted to ``mixers``) that ``store`` has not finished, within
     ``budget_s`` (default: the suite's) seconds in total, and return the report with the suite's leaderboard.
@@ -855,6 +924,10 @@ def run_quality(
     Dropped cells, skipped runs, each run's budget and result, and failures are reported through ``log``. A run
     that raises is recorded ``failed`` in the store, logged, and the suite goes on; KeyboardInterrupt stops
     it (the run is recorded ``interrupted`` and resumes from its last checkpoint on the next call).
+
+    ``ray``: None trains the runs one after the other in this process; otherwise they run as tasks on a Ray
+    cluster, ``ray`` being the address ``ray.init`` takes (``"local"`` starts one on this machine, ``"auto"``
+    joins the one running here; see ``longseq.bench.ray_sweep``, which also says how the budget maps).
     """
     budget = _check_budget(suite.budget_s if budget_s is None else budget_s)
     started = time.perf_counter()
@@ -871,58 +944,63 @@ def run_quality(
     )
     root = Path(out_root) if out_root is not None else store.path.parent / "quality"
     _close_abandoned_runs(store, suite.name, todo, root, log)
-    ran = 0
-    failed: list[tuple[QualityRun, str]] = []
-    out_of_budget: list[QualityRun] = []
-    for index, run in enumerate(todo):
-        left = budget - (time.perf_counter() - started)
-        if left <= 0:
-            out_of_budget = todo[index:]
-            log(f"budget of {budget:.0f}s spent: {len(out_of_budget)} runs not started (a later call runs them)")
-            break
-        share = left / (len(todo) - index) if suite.split == "time" else None
-        out_dir = root / suite.name / run.key
-        resume = latest_checkpoint(out_dir) is not None
-        config = run.config.model_copy(
-            update={"train": run.config.train.model_copy(update={"out_dir": out_dir, "time_budget_s": share})}
-        )
-        bound = f"{share:.1f}s" if share is not None else f"{config.train.steps} steps"
-        log(f"[{index + 1}/{len(todo)}] {run.label}: {bound}{' (resuming)' if resume else ''}")
-        try:
-            result = run_experiment(
-                config,
-                store=store,
-                resume=resume,
-                command=command,
-                progress=progress,
-                suite=suite.name,
-                cell_key=run.key,
-                data_fingerprint=run.fingerprint,
-            )
-        except Exception as error:  # one broken run must not end the suite
-            failed.append((run, describe_error(error)))
-            log(f"  failed: {type(error).__name__}: {describe_error(error)}")
-            continue
-        if store.finished_cell(run.key) is None:
-            reason = f"{out_dir} holds a finished run that this store does not record; delete that folder to re-run"
-            failed.append((run, reason))
-            log(f"  failed: {reason}")
-            continue
-        ran += 1
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        log(f"  {scores} after {result.steps} steps in {result.wall_time_s:.1f}s (stopped by {result.stopped_by})")
+    sweep = Sweep(suite, store, root, budget, started, command, log)
+    if ray is None:
+        outcome = _run_in_process(todo, sweep, progress=progress)
+    else:
+        from longseq.bench.ray_sweep import run_on_ray  # Ray is an optional extra: imported only when asked for
+
+        outcome = run_on_ray(todo, sweep, address=ray)
     return QualityReport(
         suite=suite.name,
-        ran=ran,
+        ran=outcome.ran,
         skipped=skipped,
         dropped=plan.dropped,
-        failed=failed,
-        out_of_budget=out_of_budget,
+        failed=outcome.failed,
+        out_of_budget=outcome.out_of_budget,
         leaderboard=leaderboard(store, suite=suite.name),
         wall_time_s=time.perf_counter() - started,
         budget_s=budget,
         unavailable=plan.unavailable,
     )
+
+
+def _run_in_process(todo: list[QualityRun], sweep: Sweep, *, progress: bool) -> RunsOutcome:
+    """Train ``todo`` one after the other in this process, each recorded by ``run_experiment``."""
+    outcome = RunsOutcome()
+    log = sweep.log
+    for index, run in enumerate(todo):
+        left = sweep.time_left()
+        if left <= 0:
+            outcome.out_of_budget = sweep.out_of_budget(todo[index:])
+            break
+        out_dir = sweep.run_dir(run)
+        resume = latest_checkpoint(out_dir) is not None
+        config = sweep.config_for(run, sweep.share(left, len(todo) - index))
+        log(sweep.start_line(index + 1, len(todo), run, config, resume))
+        try:
+            result = run_experiment(
+                config,
+                store=sweep.store,
+                resume=resume,
+                command=sweep.command,
+                progress=progress,
+                suite=sweep.suite.name,
+                cell_key=run.key,
+                data_fingerprint=run.fingerprint,
+            )
+        except Exception as error:  # one broken run must not end the suite
+            outcome.failed.append((run, describe_error(error)))
+            log(f"  failed: {type(error).__name__}: {describe_error(error)}")
+            continue
+        if sweep.store.finished_cell(run.key) is None:
+            reason = foreign_folder_reason(out_dir)
+            outcome.failed.append((run, reason))
+            log(f"  failed: {reason}")
+            continue
+        outcome.ran += 1
+        log(f"  {result_line(result)}")
+    return outcome
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -211,13 +211,20 @@ def parameter_budget(config: ExperimentConfig, task: Task | None = None) -> Para
     return ParameterBudget(*(_parameter_count(c, task) for c in (config, baseline)))
 
 
-def _parameter_count(config: ExperimentConfig, task: Task) -> int:
+def build_model_shapes(config: ExperimentConfig, task: Task) -> BuiltModel:
+    """``build_model`` on the meta device: shapes only, nothing allocated or initialised for real. A mixer that reads
+    a value while it is built (``.item()`` fails on meta) is built on the CPU instead, leaving torch's random stream
+    as it was (a count must not move the caller's)."""
     try:
-        with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
-            return count_parameters(build_model(config, task).model)
-    except (RuntimeError, NotImplementedError):  # a mixer reading a value at construction (.item() on meta)
-        with torch.random.fork_rng(devices=[]):  # a count must not move the caller's random stream
-            return count_parameters(build_model(config, task).model)
+        with torch.device("meta"):
+            return build_model(config, task)
+    except (RuntimeError, NotImplementedError):
+        with torch.random.fork_rng(devices=[]):
+            return build_model(config, task)
+
+
+def _parameter_count(config: ExperimentConfig, task: Task) -> int:
+    return count_parameters(build_model_shapes(config, task).model)
 
 
 def default_out_dir(task: str, mixer: str) -> Path:
