@@ -53,3 +53,9 @@ def test_an_unknown_kernel_names_the_available_ones(fresh):
     (fresh / "probe.cpp").write_text("")
     with pytest.raises(ValueError, match=r"kernel 'nope': no source .*; available: probe"):
         kernels.load("nope")
+
+
+def test_status_builds_nothing(fresh, tmp_path):
+    (fresh / "probe.cpp").write_text("this would take a build to find out")
+    assert kernels.kernel_status() == {"probe": "compiled on first use"}
+    assert not (tmp_path / "cache").exists()  # reported from the policy: the op's first use builds

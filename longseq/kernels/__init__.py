@@ -99,14 +99,14 @@ def _cpu_flags() -> bytes:
 
 
 def kernel_status() -> dict[str, str]:
-    """Which path each kernel runs in this process: name -> ``"compiled"`` or ``"pytorch: <why>"``, for every source
-    in ``csrc/`` (loading each: a cached build takes well under a second, a first build compiles it, as its first
-    use would); ``{"all": "pytorch: LONGSEQ_KERNELS=off"}`` when switched off. Recorded in every result's
-    provenance."""
+    """Which path each kernel (every source in ``csrc/``) runs in this process, without building anything: name ->
+    ``"compiled"`` (loaded), ``"compiled on first use"`` (enabled, a compiler present: ``load`` builds or reuses it
+    when the op first runs), or ``"pytorch: <why>"`` (no compiler, a failed build); ``{"all": "pytorch:
+    LONGSEQ_KERNELS=off"}`` when switched off. Recorded in every result's provenance, so it must stay cheap: a first
+    build takes minutes and belongs to the op that needs it."""
     if not enabled():
         return {"all": f"pytorch: {KERNELS_ENV}=off"}
-    for source in sorted(SOURCES.glob("*.cpp")):
-        with warnings.catch_warnings():  # the reason is returned here, not warned about
-            warnings.simplefilter("ignore", RuntimeWarning)
-            _build(source.stem)
-    return {**{name: f"pytorch: {why}" for name, why in _notices.items()}, **_loaded}
+    compiler = os.environ.get("CXX", "c++")
+    unused = "compiled on first use" if shutil.which(compiler) else f"pytorch: no C++ compiler ({compiler!r} not found)"
+    status = {source.stem: unused for source in sorted(SOURCES.glob("*.cpp"))}
+    return {**status, **{name: f"pytorch: {why}" for name, why in _notices.items()}, **_loaded}

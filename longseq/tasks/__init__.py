@@ -8,6 +8,7 @@ from longseq.tasks import dna as dna
 from longseq.tasks import induction_heads as induction_heads
 from longseq.tasks import joint_recall as joint_recall
 from longseq.tasks import listops as listops
+from longseq.tasks import mazes as mazes
 from longseq.tasks import mqar
 from longseq.tasks import passkey as passkey
 from longseq.tasks import pathfinder as pathfinder

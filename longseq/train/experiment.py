@@ -1,6 +1,9 @@
 """An experiment = task + model + training, as one validated config (YAML-loadable), and the function that runs it.
 
-The model follows the task's kind (``longseq.tasks.base``, ``build_model``): a ``CausalLM`` for a token task; for a
+The model follows the task's kind (``longseq.tasks.base``, ``build_model``): a ``CausalLM`` for a token task, unless
+the task declares an ``objective`` (``maze``): ``"mlmu"`` builds the MLM-U encoder-decoder (``models/mlmu.py``; its
+``n_layers`` blocks split evenly between encoder and decoder) and ``"next_token"`` its baseline, a ``PathCausalLM``
+of ``n_layers`` blocks (the same parameter count within 2·d_model), both evaluated by decoding left to right; for a
 classification task (ListOps, Pathfinder) a ``SequenceClassifier``, an encoder with masked pooling and a linear
 head, whose self pattern and pooling ``ClassifierSpec`` resolves (by default non-causal with mean pooling, as LRA's
 Pathfinder config); for a pair task (``segments = 2``: ``byte_retrieval``) a ``TwoTowerClassifier``, the same
@@ -28,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from longseq.mixers import Pattern, mixer_class
-from longseq.models import CausalLM, ModelConfig, SequenceClassifier, TwoTowerClassifier
+from longseq.models import MLMU, CausalLM, ModelConfig, PathCausalLM, SequenceClassifier, TwoTowerClassifier
 from longseq.results import ResultsStore
 from longseq.results.store import ResultsStoreError
 from longseq.tasks import Task, build_task, is_classification, num_segments, task_splits
@@ -152,10 +155,10 @@ class ExperimentConfig(BaseModel):
 class BuiltModel:
     """A model built for an experiment: ``config``, what the store and the checkpoints record of it (the
     ``ModelConfig`` dump, with ``"classifier": {num_classes, pattern, pooling}`` for a classifier and ``"towers": 2``
-    in it for a two-tower one), and its recurrent state size at the task's length (None for a non-causal
-    encoder)."""
+    in it for a two-tower one, ``"objective"`` for a task that declares one), and its recurrent state size at the
+    task's length (None for a non-causal encoder, MLM-U's included)."""
 
-    model: CausalLM | SequenceClassifier
+    model: CausalLM | SequenceClassifier | MLMU
     config: dict[str, Any]
     state_floats: int | None
 
@@ -164,6 +167,16 @@ def build_model(config: ExperimentConfig, task: Task) -> BuiltModel:
     """The model of ``config`` for ``task`` (module docstring), with parameters from torch's current generator."""
     model_cfg = config.model_config_for(task)
     data = model_cfg.model_dump()
+    objective = getattr(task, "objective", None)
+    if objective == "mlmu":
+        data["objective"] = objective
+        return BuiltModel(MLMU(model_cfg, mask_id=task.mask_id), data, None)
+    if objective == "next_token":
+        data["objective"] = objective
+        lm = PathCausalLM(model_cfg)
+        return BuiltModel(lm, data, lm.state_size(task.seq_len))
+    if objective is not None:
+        raise ValueError(f"task {task.name!r} declares objective={objective!r}; allowed: 'mlmu', 'next_token'")
     if not is_classification(task):
         lm = CausalLM(model_cfg)
         return BuiltModel(lm, data, lm.state_size(task.seq_len))
