@@ -83,6 +83,7 @@ class WindowCache(State):
             # Under autograd an earlier chunk's attention saved views of the buffer for its backward: writing into
             # it would corrupt that graph (gradients through the state, for truncated BPTT). Scatter into a copy
             # instead; the graph holds every chunk's keys anyway.
+            new = new.to(buf.dtype)  # under autocast the keys arrive in half precision; the ring stays float32
             return buf.scatter(2, index, new) if tracked else buf.scatter_(2, index, new)
 
         self.k_buf, self.v_buf = write(self.k_buf, k), write(self.v_buf, v)

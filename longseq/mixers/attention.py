@@ -105,7 +105,8 @@ class Attention(HeadsMixer):
     def _init_state(self, batch_size: int, *, context: Tensor | None, context_mask: Tensor | None,
                     max_len: int | None) -> State:
         if self.pattern.is_cross:
-            k, v = self.keys_values(context)
+            # In the parameters' dtype, as the self pattern's cache (under autocast the projections are half).
+            k, v = (t.to(self._dtype()) for t in self.keys_values(context))
             # The mask is copied: the caller may reuse its tensor once init_state returns.
             valid = None if context_mask is None else context_mask.clone()
             return CrossAttentionState(k=k, v=v, valid=valid)

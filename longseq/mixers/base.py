@@ -121,6 +121,11 @@ class Mixer(nn.Module):
         float32_len, float32_tolerance: the contract runs the mixer in float32 at this length and requires its
             outputs within this relative error of float64; a mixer whose known risk is overflow at longer lengths
             declares a longer ``float32_len``.
+        autocast_len, bfloat16_tolerance, float16_tolerance: the float32 mixer under ``torch.autocast`` in
+            bfloat16 (on the CPU) or float16 (on CUDA) keeps its outputs at this length within this relative error
+            (L2 norm over the whole output) of the same mixer and inputs without autocast
+            (``tests/test_mixed_precision.py``). A method with a discrete choice that rounding can flip (a VQ
+            code, ProbSparse's active queries) declares more: one flip moves a whole output vector.
         stochastic_in_training: True only where randomness in ``train()`` is the method (Performer's redrawn
             features, kernel dropout): the train-mode checks are then skipped.
         exact_gradients: False only for surrogate gradients (straight-through estimators): the finite-difference
@@ -136,6 +141,9 @@ class Mixer(nn.Module):
     stream_bound: ClassVar[float] = 0.0
     float32_len: ClassVar[int] = 512
     float32_tolerance: ClassVar[float] = 1e-4
+    autocast_len: ClassVar[int] = 256
+    bfloat16_tolerance: ClassVar[float] = 0.02  # 8 bits of mantissa: ~0.005 measured for most mixers
+    float16_tolerance: ClassVar[float] = 0.005  # 11 bits: ~0.0007 measured (CPU autocast)
     stochastic_in_training: ClassVar[bool] = False
     exact_gradients: ClassVar[bool] = True
 

@@ -63,6 +63,7 @@ class Hyena(Mixer):
     complexity = "O(order · L log L · d) parallel (FFT), O(order · max_len · d) per token"
     state_formula = "(order-1)·d·min(L, max_len-1) past inputs + (order+1)·d·(short_filter_order-1)"
     test_hypers = ({"filter_order": 8}, {"order": 3, "filter_order": 8, "emb_dim": 5, "modulation_shift": 0.05})
+    bfloat16_tolerance = 0.05  # order 3 measured 0.024 (L 512): the gates multiply order + 1 rounded factors
 
 
     def __init__(

@@ -42,6 +42,10 @@ class ProbSparse(HeadsMixer):
     state_formula = "none (non-causal only: no streaming state)"
     test_hypers = ({"n_heads": 2, "factor": 2}, {"n_heads": 2, "factor": 1, "rope": False})
     stochastic_in_training = True
+    # Rounding flips which queries are active (top-u by a score): each flip swaps attention for mean(V) at that
+    # query. Measured (relative L2, L 256-512, 3 seeds): up to 0.077 in bfloat16.
+    bfloat16_tolerance = 0.2
+    float16_tolerance = 0.2
 
     def __init__(
         self,

@@ -67,6 +67,9 @@ class TransformerVQ(Mixer):
     test_hypers = ({"d_k": 8, "n_codes": 8, "block_len": 4},
                    {"n_heads": 2, "d_k": 4, "d_v": 8, "n_codes": 5, "block_len": 3, "rel_bias": False})
     exact_gradients = False
+    # Rounding flips a key's nearest code where two codes are almost tied: measured up to 0.024 (bfloat16, L 512).
+    bfloat16_tolerance = 0.05
+    float16_tolerance = 0.05
 
     def __init__(
         self,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from longseq.ops.precision import compute_dtype
+from longseq.ops.precision import compute_dtype, without_autocast
 
 Denominator = Literal["add", "clamp"]
 LinearState = tuple[Tensor, Tensor]  # (S: (B, H, m, dv), z: (B, H, m))
@@ -143,6 +143,7 @@ def linear_attention_ref(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, causal: boo
 # -- non-causal: the state of all keys, read by every query -------------------------------------------------------
 
 
+@without_autocast  # an encoded memory is a state: its sums stay in the compute dtype (docs/design.md §5)
 def linear_attention_state(phi_k: Tensor, v: Tensor, *, k_valid: Tensor | None = None) -> LinearState:
     """phi_k: (B, H, Lk, m), v: (B, H, Lk, dv) -> (S: (B, H, m, dv), z: (B, H, m)), the sums over the valid keys, in
     the compute dtype (a memory encoded once for cross attention)."""

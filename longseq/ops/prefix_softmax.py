@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from longseq.ops.masked_softmax import masked_softmax
-from longseq.ops.precision import compute_dtype
+from longseq.ops.precision import compute_dtype, without_autocast
 
 
 class SoftmaxPoolState(NamedTuple):
@@ -98,6 +98,7 @@ def _prepare(alpha: Tensor, x: Tensor, valid: Tensor | None, state: SoftmaxPoolS
     return alpha, x, SoftmaxPoolState(*(t.to(dtype) for t in state))
 
 
+@without_autocast  # an encoded memory is a state: its sums stay in the compute dtype (docs/design.md §5)
 def softmax_pool(alpha: Tensor, x: Tensor, valid: Tensor | None = None) -> Tensor:
     """alpha: (..., L, m), x: (..., L, d) -> (..., m, d): every slot's softmax-over-valid-positions mean of x
     (0 when no position is valid), in the compute dtype."""

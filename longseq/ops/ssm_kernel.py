@@ -63,6 +63,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from longseq.ops.precision import without_autocast
+
 Discretization = Literal["zoh", "bilinear"]
 DISCRETIZATIONS: tuple[str, ...] = ("zoh", "bilinear")
 F64, C128 = torch.float64, torch.complex128
@@ -317,6 +319,7 @@ def _cauchy_block(vmat: Tensor, a: Tensor, b: Tensor, y: Tensor) -> Tensor:
     return vmat @ torch.cat([inv, s * inv], dim=1)
 
 
+@without_autocast  # the Cauchy matmuls in float32 at least, as every kernel (docs/design.md §5)
 def s4_kernel(dt: Tensor, Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, L: int, *,
               chunk: int | None = None) -> Tensor:
     """S4 kernel, bilinear: dt: (H,) > 0, Lambda: (H, N2) complex with Re < 0, P, B, C: (H, N2) complex (C is C̄,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from longseq.state import State
 from longseq.testing.inputs import (
     SIZES,
     MaskLayout,
+    Schedule,
     Sizes,
     all_splits,
     layout_masks,
@@ -119,11 +120,13 @@ def check_noncausal_sees_future(mixer: Mixer, sizes: Sizes = SIZES) -> None:
 
 
 @torch.no_grad()
-def check_stream_matches_forward(mixer: Mixer, sizes: Sizes = SIZES) -> None:
-    """Random short chunks, and chunks longer than any internal block (``long_splits``), equal ``forward``."""
+def check_stream_matches_forward(mixer: Mixer, sizes: Sizes = SIZES,
+                                 splits: Sequence[Sequence[int]] | None = None) -> None:
+    """``forward_stream`` over each of ``splits`` (chunk sizes) equals ``forward``. By default random short chunks,
+    and chunks longer than any internal block (``long_splits``)."""
     x, ctx = make_inputs(mixer, sizes)
     y = mixer(x, context=ctx)
-    for chunks in all_splits(sizes.seq_len):
+    for chunks in all_splits(sizes.seq_len) if splits is None else splits:
         _close(stream(mixer, x, ctx, chunks)[0], y, _stream_atol(mixer), f"{_who(mixer)} forward_stream {chunks}")
 
 
@@ -134,11 +137,12 @@ def check_step_matches_forward(mixer: Mixer, sizes: Sizes = SIZES) -> None:
 
 
 @torch.no_grad()
-def check_mixed_modes(mixer: Mixer, sizes: Sizes = SIZES) -> None:
-    """A prefill with ``forward_stream`` then ``step``, ``step`` then ``forward_stream``, alternations: = forward."""
+def check_mixed_modes(mixer: Mixer, sizes: Sizes = SIZES, schedules: Sequence[Schedule] | None = None) -> None:
+    """Each of ``schedules`` (by default a prefill with ``forward_stream`` then ``step``, ``step`` then
+    ``forward_stream``, alternations) equals forward."""
     x, ctx = make_inputs(mixer, sizes)
     y = mixer(x, context=ctx)
-    for schedule in mixed_schedules(sizes.seq_len):
+    for schedule in mixed_schedules(sizes.seq_len) if schedules is None else schedules:
         ys, _ = run_schedule(mixer, x, ctx, schedule)
         _close(ys, y, _stream_atol(mixer), f"{_who(mixer)} mixed modes {schedule}")
 
@@ -268,48 +272,90 @@ def check_state_select(mixer: Mixer, sizes: Sizes = SIZES) -> None:
 
 
 def check_padding(mixer: Mixer, layout: MaskLayout = "left", sizes: Sizes = SIZES) -> None:
-    """A padded batch equals each row's valid tokens run alone, at valid positions, in forward and (causal
-    patterns) in stream and step; padded positions output exactly 0; outputs and gradients are finite and padded
-    inputs get exactly zero gradient. ``holes`` pads inside the sequence and has a row with no valid token; cross
-    patterns pad the memory too (``holes``: one row's memory fully masked)."""
+    """``check_masks`` on a padded batch of one layout (``layout_masks``). ``holes`` pads inside the sequence and has
+    a row with no valid token; cross patterns pad the memory too (``holes``: one row's memory fully masked)."""
     batch = 3 if layout == "holes" else sizes.batch
     sizes = dataclasses.replace(sizes, batch=batch)
-    x, ctx = make_inputs(mixer, sizes)
     mask = layout_masks(layout, batch, sizes.seq_len, seed=3)
-    xp = padded_batch(x, mask, seed=3)
-    ctx_p, ctx_mask = None, None
-    if ctx is not None:
+    ctx_mask = None
+    if mixer.pattern.is_cross:
         other = {"left": "right", "right": "left", "holes": "holes"}[layout]
         ctx_mask = layout_masks(other, batch, sizes.ctx_len, seed=4)
         if layout == "holes":  # the empty query row gets a valid memory; row 1 gets none
             ctx_mask = ctx_mask[[0, 2, 1]]
-        ctx_p = padded_batch(ctx, ctx_mask, seed=4)
+    check_masks(mixer, mask, ctx_mask, sizes, what=f"{layout} padding")
+
+
+def _schedule_name(schedule: Schedule) -> str:
+    if all(mode == "stream" for mode, _ in schedule):
+        return f"forward_stream {[n for _, n in schedule]}"
+    return "step" if len(schedule) == 1 else f"schedule {schedule}"
+
+
+def _default_padding_schedules(length: int) -> list[Schedule]:
+    """Short random chunks, chunks longer than any internal block, and step by step."""
+    splits = (random_splits(length, 5), long_splits(length)[-1])
+    return [*([("stream", n) for n in chunks] for chunks in splits), [("step", length)]]
+
+
+def check_masks(mixer: Mixer, mask: Tensor, context_mask: Tensor | None = None, sizes: Sizes = SIZES, *,
+                schedules: Sequence[Schedule] | None = None, what: str = "padding") -> None:
+    """A padded batch (``mask: (B, L)``, and ``context_mask: (B, S)`` in cross patterns, sized as ``sizes``) equals
+    each row's valid tokens run alone, at valid positions, in forward and (causal patterns) in each of
+    ``schedules`` (default: short random chunks, chunks longer than any internal block, step by step); padded
+    positions output exactly 0; outputs and gradients are finite and padded inputs get exactly zero gradient. A row
+    with no valid token leaves its stream's state as it was: continuing that state equals a fresh stream."""
+    x, ctx = make_inputs(mixer, sizes)
+    xp = padded_batch(x, mask, seed=sizes.seed + 3)
+    ctx_p = None
+    if ctx is not None:
+        ctx_p = ctx if context_mask is None else padded_batch(ctx, context_mask, seed=sizes.seed + 4)
     xp.requires_grad_(True)
-    runs = {"forward": lambda: mixer(xp, mask=mask, context=ctx_p, context_mask=ctx_mask)}
+    runs: dict[str, Callable[[], tuple[Tensor, State | None]]] = {
+        "forward": lambda: (mixer(xp, mask=mask, context=ctx_p, context_mask=context_mask), None)}
     if mixer.pattern.is_causal:
-        for chunks in (random_splits(sizes.seq_len, 5), long_splits(sizes.seq_len)[-1]):
-            runs[f"forward_stream {chunks}"] = lambda c=chunks: stream(mixer, xp, ctx_p, c, mask=mask,
-                                                                         context_mask=ctx_mask)[0]
-        runs["step"] = lambda: step_all(mixer, xp, ctx_p, mask=mask, context_mask=ctx_mask)[0]
+        for schedule in _default_padding_schedules(sizes.seq_len) if schedules is None else schedules:
+            runs[_schedule_name(schedule)] = lambda s=schedule: run_schedule(mixer, xp, ctx_p, s, mask=mask,
+                                                                             context_mask=context_mask)
     g = torch.Generator().manual_seed(6)
     for mode, run in runs.items():
-        what = f"{_who(mixer)}, {layout} padding, {mode}"
-        yp = run()
-        assert torch.isfinite(yp).all(), f"{what}: non-finite outputs"
-        assert _max_err(yp.detach()[~mask], torch.zeros(())) == 0.0, f"{what}: padded positions output non-zero"
+        where = f"{_who(mixer)}, {what}, {mode}"
+        yp, state = run()
+        assert torch.isfinite(yp).all(), f"{where}: non-finite outputs"
+        assert _max_err(yp.detach()[~mask], torch.zeros(())) == 0.0, f"{where}: padded positions output non-zero"
         (grad,) = torch.autograd.grad((yp * torch.randn(yp.shape, generator=g, dtype=yp.dtype)).sum(), xp)
-        assert torch.isfinite(grad).all(), f"{what}: non-finite gradient w.r.t. the input"
+        assert torch.isfinite(grad).all(), f"{where}: non-finite gradient w.r.t. the input"
         leak = _max_err(grad[~mask], torch.zeros(()))
-        assert leak == 0.0, f"{what}: padded inputs have gradient {leak:.3e} (a padded token is not a no-op)"
+        assert leak == 0.0, f"{where}: padded inputs have gradient {leak:.3e} (a padded token is not a no-op)"
         atol = EXACT_ATOL if mode == "forward" else _stream_atol(mixer)
-        for b in range(batch):
-            if not mask[b].any():
-                continue
-            c = None if ctx is None else ctx_p[b: b + 1, ctx_mask[b]]
-            if c is not None and c.shape[1] == 0:
-                continue  # a query row over an empty memory: finite and independent is all the contract says
-            alone = mixer(xp.detach()[b: b + 1, mask[b]], context=c)[0]
-            _close(yp.detach()[b][mask[b]], alone, atol, f"{what}: row {b} vs its valid tokens alone")
+        with torch.no_grad():
+            for b in range(mask.shape[0]):
+                c = _row_memory(ctx_p, context_mask, b)
+                if c is not None and c.shape[1] == 0:
+                    continue  # a query row over an empty memory: finite and independent is all the contract says
+                if mask[b].any():
+                    alone = mixer(xp.detach()[b: b + 1, mask[b]], context=c)[0]
+                    _close(yp.detach()[b][mask[b]], alone, atol, f"{where}: row {b} vs its valid tokens alone")
+                elif state is not None:
+                    _check_state_kept(mixer, state, x, b, c, atol, where)
+
+
+def _row_memory(ctx: Tensor | None, context_mask: Tensor | None, row: int) -> Tensor | None:
+    """Row ``row``'s valid memory tokens: (1, S_valid, D), or None in self patterns."""
+    if ctx is None:
+        return None
+    return ctx[row: row + 1] if context_mask is None else ctx[row: row + 1, context_mask[row]]
+
+
+def _check_state_kept(mixer: Mixer, state: State, x: Tensor, row: int, ctx: Tensor | None, atol: float,
+                      where: str) -> None:
+    """Row ``row`` had no valid token: continuing its final ``state`` with a few valid tokens (x's first ones)
+    equals a fresh stream of them."""
+    more = x[:, : min(5, x.shape[1])]
+    got, _ = mixer.forward_stream(more, state.detach())
+    _close(got[row], mixer(more[row: row + 1], context=ctx)[0], atol,
+           f"{where}: row {row} has no valid token, yet continuing its state differs from a fresh stream "
+           f"(padding changed the state)")
 
 
 def check_batch_independence(mixer: Mixer, sizes: Sizes = SIZES) -> None:
@@ -358,17 +404,30 @@ def check_eval_deterministic(mixer: Mixer, sizes: Sizes = SIZES) -> None:
             f"{_who(mixer)}: two step-by-step runs differ")
 
 
-@torch.no_grad()
 def check_float32_long(mixer: Mixer, sizes: Sizes = SIZES) -> None:
-    """In float32 at the mixer's ``float32_len`` (512 unless it declares longer), outputs are finite and within
-    its ``float32_tolerance`` of float64 (relative to the largest float64 output), in forward and in stream."""
+    """``check_float32`` at the mixer's ``float32_len`` (512 unless it declares longer), batch 1, streamed (causal
+    patterns) in two near-halves."""
     sizes = dataclasses.replace(sizes, batch=1, seq_len=mixer.float32_len)
+    check_float32(mixer, sizes, schedules=[[("stream", n) for n in long_splits(sizes.seq_len)[1]]])
+
+
+@torch.no_grad()
+def check_float32(mixer: Mixer, sizes: Sizes = SIZES, *, mask: Tensor | None = None,
+                  context_mask: Tensor | None = None, schedules: Sequence[Schedule] = ()) -> None:
+    """In float32, outputs are finite and within the mixer's ``float32_tolerance`` of float64 (relative to the
+    largest float64 output), in forward and (causal patterns) in each of ``schedules``, with the masks given."""
     x, ctx = make_inputs(mixer, sizes)
+    if mask is not None:
+        x = padded_batch(x, mask, seed=sizes.seed + 3)
+    if ctx is not None and context_mask is not None:
+        ctx = padded_batch(ctx, context_mask, seed=sizes.seed + 4)
     m32 = copy.deepcopy(mixer).float()
-    runs = {"forward": lambda m, a, c: m(a, context=c)}
+    masks = {"mask": mask, "context_mask": context_mask}
+    runs: dict[str, Callable[[Mixer, Tensor, Tensor | None], Tensor]] = {
+        "forward": lambda m, a, c: m(a, context=c, **masks)}
     if mixer.pattern.is_causal:
-        half = sizes.seq_len // 2
-        runs["forward_stream"] = lambda m, a, c: stream(m, a, c, [half - 1, sizes.seq_len - half + 1])[0]
+        for schedule in schedules:
+            runs[_schedule_name(schedule)] = lambda m, a, c, s=schedule: run_schedule(m, a, c, s, **masks)[0]
     for mode, run in runs.items():
         y64 = run(mixer, x, ctx)
         y32 = run(m32, x.float(), None if ctx is None else ctx.float())
