@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from longseq.mixers._kernel_conv import KernelConvMixer
 from longseq.modules.param_cache import ParamCache
-from longseq.ops.lti_recurrence import lti_scan, lti_step
+from longseq.ops.lti_recurrence import BlockOutput, lti_block_step, lti_scan
 from longseq.state import State
 
 
@@ -57,10 +57,29 @@ class SSMConvMixer(KernelConvMixer):
         return self._stream_output(y.mT, x, mask), LTIState(x=_real(new), length=state.length + x.shape[1])
 
     def _step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None) -> tuple[Tensor, State]:
+        """One op for the recurrence, the skip and (when it is one ``lti_block_step`` knows) the output layer: a
+        single compiled call per token when kernels are available."""
         state = self._check_stream(state, LTIState, 1)
-        y, new = lti_step(_complex(state.x), x_t, *self._recurrence(), mask_t)
-        out = self._stream_output(y[:, None], x_t[:, None], None if mask_t is None else mask_t[:, None])
-        return out[:, 0], LTIState(x=_real(new), length=state.length + 1)
+        form = self._output_form()
+        output, weight, bias = ("none", None, None) if form is None else form
+        y, new = lti_block_step(_complex(state.x), x_t, *self._recurrence(), self.D, mask_t, output=output,
+                                weight=weight, bias=bias)
+        if form is None:
+            y = self._finish(y, mask_t)
+        return y, LTIState(x=_real(new), length=state.length + 1)
+
+    def _output_form(self) -> tuple[BlockOutput, Tensor | None, Tensor | None] | None:
+        """The output layer as ``lti_block_step``'s (output, weight, bias): SiLU (EMA), GELU -> Linear -> GLU
+        (``glu_output``, S4's block); None for any other layer, which ``_step`` then applies itself."""
+        out = self.output
+        if type(out) is nn.SiLU:
+            return "silu", None, None
+        if type(out) is nn.Sequential and len(out) == 3:
+            gelu, linear, glu = out
+            if (type(gelu) is nn.GELU and gelu.approximate == "none" and type(linear) is nn.Linear
+                    and type(glu) is nn.GLU and glu.dim == -1):
+                return "glu", linear.weight, linear.bias
+        return None
 
     def _stream_output(self, y: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
         """The recurrence's y: (B, T, H) -> the layer's output, with the skip D u the convolution adds itself."""

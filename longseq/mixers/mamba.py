@@ -9,12 +9,14 @@ One pass, per token t and inner channel d (the reference's mamba_simple.Mamba):
     h_t   = exp(delta_t A) h_{t-1} + delta_t B_t x_t        A = -exp(A_log): (E, N), S4D-Real init
     y     = out_proj((<C_t, h_t> + D x_t) · silu(z_t))
 
-The scan is ``longseq.ops.selective_scan`` (two-level chunked, plain PyTorch) or its loop oracle (``impl="ref"``);
-decoding uses ``selective_state_update``. A padded token gets delta = 0 (no decay, no input) and is skipped by the
+The scan is ``longseq.ops.selective_scan`` (the compiled CPU kernel when available, else the two-level chunked
+scan in plain PyTorch) or its loop oracle (``impl="ref"``); decoding uses ``selective_state_update`` (one compiled
+call per token when available). A padded token gets delta = 0 (no decay, no input) and is skipped by the
 short convolution: an exact no-op on both states. ``A_log`` and ``D`` carry no weight decay, as the reference
 trains them. The non-causal form adds a second pass over the reversed sequence (``_passes``); cross patterns are
-refused. Differences from the reference: no fused kernels, and no model-level re-initialisation of out_proj
-(longseq's models re-initialise only the token embedding, so dt_proj's bias keeps its init).
+refused. Differences from the reference: no fused kernels beyond the scan and the state update, and no
+model-level re-initialisation of out_proj (longseq's models re-initialise only the token embedding, so dt_proj's
+bias keeps its init).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from longseq.mixers.base import Pattern, PositiveFloat, PositiveInt, check_order
 from longseq.mixers.registry import register
 from longseq.modules import ShortConv
 from longseq.modules.optim import set_optim
+from longseq.modules.param_cache import ParamCache
 from longseq.modules.ssm_init import dt_bias
 from longseq.ops.selective_scan import selective_scan, selective_scan_ref, selective_state_update
 
@@ -55,6 +58,12 @@ class MambaPass(nn.Module):
         self.A_log = set_optim(nn.Parameter(a.clone()), weight_decay=0.0)
         self.D = set_optim(nn.Parameter(torch.ones(self.d_inner)), weight_decay=0.0)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self._A_cache: ParamCache[Tensor] = ParamCache()
+
+    def _A(self) -> Tensor:
+        """A = -exp(A_log): (E, N); outside autograd computed once while A_log is unchanged (decoding would
+        otherwise pay two tensor operations per token for it)."""
+        return self._A_cache.get([self.A_log], lambda: -self.A_log.exp())
 
     def init_state(self, batch: int) -> ConvScanState:
         dtype = self.D.dtype
@@ -72,7 +81,7 @@ class MambaPass(nn.Module):
         xi, z = self.in_proj(x).chunk(2, dim=-1)
         xc, conv = self.conv.forward_stream(xi, state.conv, mask)
         delta, b, c = self._delta_b_c(xc, mask)
-        y, ssm = self.scan(xc.mT, delta.mT, -self.A_log.exp(), b.mT, c.mT, D=self.D, z=z.mT, initial_state=state.ssm,
+        y, ssm = self.scan(xc.mT, delta.mT, self._A(), b.mT, c.mT, D=self.D, z=z.mT, initial_state=state.ssm,
                       return_last_state=True)
         y = self.out_proj(y.mT)
         return (y if mask is None else y.masked_fill(~mask[..., None], 0.0)), ConvScanState(conv=conv, ssm=ssm)
@@ -82,7 +91,7 @@ class MambaPass(nn.Module):
         xi, z = self.in_proj(x_t).chunk(2, dim=-1)
         xc, conv = self.conv.step(xi, state.conv, mask_t)
         delta, b, c = self._delta_b_c(xc, mask_t)
-        y, ssm = selective_state_update(state.ssm, xc, delta, -self.A_log.exp(), b, c, D=self.D, z=z)
+        y, ssm = selective_state_update(state.ssm, xc, delta, self._A(), b, c, D=self.D, z=z)
         y = self.out_proj(y)
         return (y if mask_t is None else y.masked_fill(~mask_t[:, None], 0.0)), ConvScanState(conv=conv, ssm=ssm)
 

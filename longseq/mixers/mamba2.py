@@ -10,7 +10,8 @@ One pass (the reference's Mamba2Simple), with E = expand · d_model inner channe
     out        = out_proj(gated_rms_norm(y, z))  normalise y · silu(z)
 
 B and C are shared by the heads of a group (G groups). The scan is ``longseq.ops.ssd.ssd_chunked`` (Mamba-2's
-chunked algorithm, stable segment sums) or its loop oracle (``impl="ref"``); decoding uses ``ssd_state_update``.
+chunked algorithm, stable segment sums) or its loop oracle (``impl="ref"``); decoding uses ``ssd_block_step``
+(the conv, dt, SSD update and gated norm of one token, ``ssd_state_update`` inside).
 A padded token gets dt = 0 (no decay, no input) and is skipped by the short convolution: an exact no-op on both
 states. ``A_log``, ``D`` and ``dt_bias`` carry no weight decay. The non-causal form adds a second pass over the
 reversed sequence (``_passes``); cross patterns are refused.
@@ -28,10 +29,10 @@ from torch import Tensor, nn
 from longseq.mixers._passes import ConvScanState, PassMixer, scan_dtype
 from longseq.mixers.base import InvalidHyper, Pattern, PositiveFloat, PositiveInt, check_ordered
 from longseq.mixers.registry import register
-from longseq.modules import GatedRMSNorm, ShortConv
+from longseq.modules import GatedRMSNorm, ShortConv, ShortConvState
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import dt_bias
-from longseq.ops.ssd import ssd_chunked, ssd_ref, ssd_state_update
+from longseq.ops.ssd import ssd_block_step, ssd_chunked, ssd_ref
 
 
 class Mamba2Pass(nn.Module):
@@ -59,13 +60,12 @@ class Mamba2Pass(nn.Module):
         ssm = torch.zeros(shape, device=self.D.device, dtype=scan_dtype(self.D.dtype))
         return ConvScanState(conv=self.conv.init_state(batch), ssm=ssm)
 
-    def _split(self, zxbcdt: Tensor, state: ConvScanState, mask: Tensor | None,
-               conv_step: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, ConvScanState]:
-        """in_proj's output (..., ·) -> z, x: (..., H, P), B, C: (..., G, N), dt: (..., H) zero where masked, and
-        the new conv state."""
+    def _split(self, zxbcdt: Tensor, state: ConvScanState,
+               mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, ConvScanState]:
+        """in_proj's output (B, T, ·) -> z, x: (B, T, H, P), B, C: (B, T, G, N), dt: (B, T, H) zero where masked,
+        and the new conv state."""
         z, xbc, dt = zxbcdt.split([self.d_inner, self.conv.d, self.nheads], dim=-1)
-        run = self.conv.step if conv_step else self.conv.forward_stream
-        xbc, conv = run(xbc, state.conv, mask)
+        xbc, conv = self.conv.forward_stream(xbc, state.conv, mask)
         x, b, c = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
         dt = dt if mask is None else dt * mask[..., None]
@@ -78,16 +78,21 @@ class Mamba2Pass(nn.Module):
 
     def forward(self, u: Tensor, mask: Tensor | None, state: ConvScanState) -> tuple[Tensor, ConvScanState]:
         """u: (B, T, d_model), mask: bool (B, T) -> y: (B, T, d_model), 0 where masked; the state after u."""
-        z, x, b, c, dt, conv = self._split(self.in_proj(u), state, mask, conv_step=False)
+        z, x, b, c, dt, conv = self._split(self.in_proj(u), state, mask)
         y, ssm = self.scan(x, dt, -self.A_log.exp(), b, c, D=self.D, initial_states=state.ssm,
                            return_final_states=True)
         return self._output(y, z, mask), ConvScanState(conv=conv, ssm=ssm)
 
     def step(self, u_t: Tensor, state: ConvScanState, mask_t: Tensor | None) -> tuple[Tensor, ConvScanState]:
-        """u_t: (B, d_model), mask_t: bool (B,) -> y_t: (B, d_model); the state after it."""
-        z, x, b, c, dt, conv = self._split(self.in_proj(u_t), state, mask_t, conv_step=True)
-        y, ssm = ssd_state_update(state.ssm, x, dt, -self.A_log.exp(), b, c, D=self.D)
-        return self._output(y, z, mask_t), ConvScanState(conv=conv, ssm=ssm)
+        """u_t: (B, d_model), mask_t: bool (B,) -> y_t: (B, d_model); the state after it. Everything between the
+        projections is one op (``ssd_block_step``: one compiled call when kernels are available)."""
+        y, window, ssm = ssd_block_step(
+            self.in_proj(u_t), state.conv.window, state.ssm, conv_weight=self.conv.weight, conv_bias=self.conv.bias,
+            dt_bias=self.dt_bias, A=-self.A_log.exp(), D=self.D, norm_weight=self.norm.weight, norm_eps=self.norm.eps,
+            norm_group_size=self.norm.group_size, ngroups=self.ngroups, mask_t=mask_t)
+        y = self.out_proj(y)
+        y = y if mask_t is None else y.masked_fill(~mask_t[..., None], 0.0)
+        return y, ConvScanState(conv=ShortConvState(window=window), ssm=ssm)
 
 
 @register("mamba2")

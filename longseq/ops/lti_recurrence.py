@@ -13,12 +13,22 @@ Two shapes of dA, one function:
   order of magnitude faster per token than complex batched matrix-vector products.
 
 A masked step (mask False) leaves the state unchanged and outputs 0.
+
+The diagonal form runs as a compiled kernel (``longseq.kernels.recurrence``: one C++ call per step or per chunk,
+forward and backward) when kernels are available and the state and step matrices share one dtype on the CPU; the
+loop below is the plain path and the compiled path's oracle. ``lti_block_step`` is a whole S4-style block's token
+update (recurrence, skip, output layer), one compiled call when decoding.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from longseq.kernels import recurrence
 
 
 def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, mask_t: Tensor | None = None, *,
@@ -26,6 +36,15 @@ def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, mask_t: 
     """One token: x: (B, H, M) state, u_t: (B, H) real -> (y_t: (B, H) real, new state). Functional: the arguments
     are not modified. workspace: for a dense dA outside autograd, a (B, H, N, N) buffer reused across tokens, so a
     long prefill allocates nothing per token."""
+    compiled = recurrence.lti_scan(u_t[..., None], x, dA, dB, C, None if mask_t is None else mask_t[:, None])
+    if compiled is not None:
+        return compiled[0][..., 0], compiled[1]
+    return _step(x, u_t, dA, dB, C, mask_t, workspace)
+
+
+def _step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, mask_t: Tensor | None,
+          workspace: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``lti_step``'s plain path."""
     u = u_t.to(dA.real.dtype)[..., None]
     if dA.dim() == 3:  # a batched matrix-vector product as multiply-and-sum: far faster than bmm on a CPU
         products = dA * x[..., None, :] if workspace is None else torch.mul(dA, x[..., None, :], out=workspace)
@@ -42,14 +61,62 @@ def lti_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, mask_t: 
 def lti_scan(u: Tensor, x0: Tensor, dA: Tensor, dB: Tensor, C: Tensor,
              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """u: (B, H, T) real, x0: (B, H, M) -> (y: (B, H, T), the state after the last token): ``lti_step`` per token."""
+    compiled = recurrence.lti_scan(u, x0, dA, dB, C, mask)
+    if compiled is not None:
+        return compiled
     tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, dA, dB, C))
     dense = dA.dim() == 3
     workspace = dA.new_empty(x0.shape[0], *dA.shape) if dense and not tracked else None
     ys, x = [], x0
     for t in range(u.shape[-1]):
-        y_t, x = lti_step(x, u[..., t], dA, dB, C, None if mask is None else mask[:, t], workspace=workspace)
+        y_t, x = _step(x, u[..., t], dA, dB, C, None if mask is None else mask[:, t], workspace)
         ys.append(y_t)
     return torch.stack(ys, dim=-1), x
+
+
+BlockOutput = Literal["none", "silu", "glu"]
+
+
+def lti_block_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor, mask_t: Tensor | None = None,
+                   *, output: BlockOutput = "none", weight: Tensor | None = None,
+                   bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One token of an S4-style block (S4, S4D, MEGA's EMA): ``lti_step``, the skip D: (H,), then the block's output
+    layer -> (out: (B, H), new state); a masked row keeps its state and outputs 0.
+
+    output: "none" (y + D u), "silu" (EMA: SiLU(y + D u)) or "glu" (S4's block: GLU(Linear(GELU(y + D u))) with
+    weight: (2H, H), bias: (2H,) or None). For decoding: a diagonal dA outside autograd runs as one compiled call;
+    otherwise the same function as ``lti_step`` and the layers in PyTorch."""
+    _check_block(x, u_t, dA, dB, C, D, output, weight, bias)
+    compiled = recurrence.lti_block_step(x, u_t, dA, dB, C, D, mask_t, output, weight, bias)
+    if compiled is not None:
+        return compiled
+    y, new = lti_step(x, u_t, dA, dB, C, mask_t)
+    y = y + D * u_t
+    if output == "silu":
+        y = F.silu(y)
+    elif output == "glu":
+        y = F.glu(F.linear(F.gelu(y), weight, bias), dim=-1)
+    return (y if mask_t is None else y.masked_fill(~mask_t[:, None], 0.0)), new
+
+
+def _check_block(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor, output: str,
+                 weight: Tensor | None, bias: Tensor | None) -> None:
+    """``lti_block_step``'s shapes: x: (B, H, M), u_t: (B, H), D: (H,); diagonal dA, dB, C: (H, M) (dense: the
+    shapes ``lti_step`` takes); weight: (2H, H), bias: (2H,) or None for output="glu"."""
+    if output not in ("none", "silu", "glu"):
+        raise ValueError(f"lti_block_step: output={output!r} is not allowed; allowed: 'none', 'silu', 'glu'")
+    if x.dim() != 3 or u_t.shape != x.shape[:2] or D.shape != x.shape[1:2]:
+        raise ValueError(f"lti_block_step: x must have shape (B, H, M), u_t (B, H) and D (H,); got x "
+                         f"{tuple(x.shape)}, u_t {tuple(u_t.shape)}, D {tuple(D.shape)}")
+    h = x.shape[1]
+    if dA.dim() == 2 and not dA.shape == dB.shape == C.shape == x.shape[1:]:
+        raise ValueError(f"lti_block_step: a diagonal dA, dB and C must have shape (H, M) = {tuple(x.shape[1:])}, "
+                         f"got {tuple(dA.shape)}, {tuple(dB.shape)}, {tuple(C.shape)}")
+    if output == "glu" and (weight is None or weight.shape != (2 * h, h)
+                            or (bias is not None and bias.shape != (2 * h,))):
+        got = None if weight is None else tuple(weight.shape), None if bias is None else tuple(bias.shape)
+        raise ValueError(f"lti_block_step: output='glu' needs weight (2H, H) = {(2 * h, h)} and bias (2H,) or None, "
+                         f"got (weight, bias) shapes {got}")
 
 
 def real_dense_form(dA: Tensor, dB: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:

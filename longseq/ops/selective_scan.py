@@ -11,17 +11,20 @@ u, delta, z: (B, D, L); A: (D, N), real; B, C: (B, N, L), or grouped (B, G, N, L
 reading group d // (D / G); D, delta_bias: (D,); initial_state and the last state: (B, D, N). B and C have the same
 shape. ``selective_state_update`` is the one-token form for decoding: x, dt, z: (B, D); B, C: (B, N) or (B, G, N).
 
-Three forms of one function:
+Forms of one function:
 - ``selective_scan_ref``: the oracle, a loop over time.
-- ``selective_scan``: the two-level chunked scan, in plain PyTorch (``compile=True`` fuses its per-step work with
-  ``torch.compile``); see its docstring for the algorithm and why this formulation.
-- ``selective_state_update``: one token; functional, it returns a new state and never writes into its arguments.
+- ``selective_scan_chunked``: the two-level chunked scan, in plain PyTorch (``compile=True`` fuses its per-step
+  work with ``torch.compile``); see its docstring for the algorithm and why this formulation.
+- ``selective_scan``: the public entry: the compiled CPU kernel (``longseq.kernels.selective_scan``, forward and
+  backward) when it is available, else ``selective_scan_chunked``.
+- ``selective_state_update``: one token; functional, it returns a new state and never writes into its arguments
+  (one compiled call when decoding on the CPU with the kernel available).
 
 Masks: a masked (padded) position is an exact no-op when the caller passes dt = 0 there *after* its own bias and
 softplus (that is: delta = 0 with ``delta_softplus=False`` and ``delta_bias=None``): exp(0 A) = 1 keeps the state
 and dt B u = 0 adds nothing, so every later output and the last state equal those of the sequence with that position
 removed. The output at such a position is sum_n C h + D u (the mixer zeroes it), and u there must be finite
-(0 * inf is NaN). ``selective_scan`` pads the sequence to whole chunks in exactly this way.
+(0 * inf is NaN). ``selective_scan_chunked`` pads the sequence to whole chunks in exactly this way.
 
 Precision: the scan runs in float32 at least: half-precision inputs are promoted, float64 stays float64 (the
 compute dtype promotes float32 with every tensor argument). y has u's dtype; the last state is returned in the
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.kernels import selective_scan as compiled
 from longseq.ops.precision import compute_dtype
 
 # Channel blocking: ``selective_scan`` works on one (B, channels, L/chunk_size, N) tensor per step (the states of
@@ -154,12 +158,17 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 
     mamba_ssm's ``selective_state_update`` argument order, but functional: the new state is a new tensor, no
     argument is modified (the caller may overwrite its inputs afterwards, and autograd may still need the old
-    state).
+    state). One compiled call (``longseq.kernels.selective_scan``) when the kernel is available, every tensor is on
+    the CPU and autograd does not record (decoding); else the PyTorch form below.
     """
     _check("selective_state_update", x, dt, A, B, C, D, z, dt_bias, state, one_token=True)
     dtype = compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
-    d = x.shape[1]
     step = _step_size(dt, dt_bias, dt_softplus, dtype)  # (B, D)
+    ext = compiled.extension_for(state, x, dt, A, B, C, D, z, dt_bias, needs_backward=False)
+    if ext is not None:
+        y, new_state = compiled.state_update(ext, state, x, step, A, B, C, D, z, dtype=dtype)
+        return y.to(x.dtype), new_state
+    d = x.shape[1]
     b_ch, c_ch = _per_channel(B.to(dtype), d, True), _per_channel(C.to(dtype), d, True)  # (B, D, N)
     new_state = torch.addcmul(torch.exp(step[..., None] * A.to(dtype)) * state.to(dtype),
                               (step * x.to(dtype))[..., None], b_ch)
@@ -306,6 +315,30 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     initial_state: (B, D, N) -> y: (B, D, L) in u's dtype, and the last state (B, D, N) in the compute dtype when
     ``return_last_state``. The recurrence of the module docstring; any chunk_size >= 1 and any L.
 
+    Runs the compiled kernel (``longseq.kernels.selective_scan``) when it is available and every tensor is on the
+    CPU; there ``chunk_size`` is the backward's checkpoint interval (the forward keeps the state every chunk_size
+    steps, the backward recomputes each chunk from it) and the result is not differentiable twice. Otherwise, or
+    with ``compile=True`` (which asks for the PyTorch form through ``torch.compile``), ``selective_scan_chunked``.
+    """
+    _check("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state)
+    _check_options("selective_scan", chunk_size, compile)
+    ext = None if compile else compiled.extension_for(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if ext is None:
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                      initial_state, chunk_size=chunk_size, compile=compile)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dt = _step_size(delta, delta_bias, delta_softplus, dtype)
+    y, last = compiled.scan(ext, u, dt, A, B, C, D, z, initial_state, chunk_size=chunk_size, dtype=dtype)
+    y = y.to(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                           z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                           return_last_state: bool = False, initial_state: Tensor | None = None, *,
+                           chunk_size: int = 64, compile: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """The PyTorch form of ``selective_scan`` (same contract), the path without compiled kernels.
+
     Two-level chunked scan with Q = min(chunk_size, L), the sequence padded with no-op steps (dt = 0) to c whole
     chunks of Q steps:
     1. a loop over the Q steps of a chunk, all chunks at once, from a zero state: each chunk's end state;
@@ -325,8 +358,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     through every step). ``compile=True`` runs the per-step work through ``torch.compile`` (compiled once per
     shape set and cached in this module; the first call pays the compilation).
     """
-    _check("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state)
-    _check_options("selective_scan", chunk_size, compile)
+    _check("selective_scan_chunked", u, delta, A, B, C, D, z, delta_bias, initial_state)
+    _check_options("selective_scan_chunked", chunk_size, compile)
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     b, d, length = u.shape
     n = A.shape[1]

@@ -17,6 +17,10 @@ hole sees the valid tokens before the hole as its neighbours; the dilation count
 
 Every function returns new tensors: no output or state aliases an argument, so a caller may overwrite its inputs
 afterwards.
+
+``causal_conv1d`` and ``causal_conv1d_update`` run a compiled kernel (``longseq.kernels.recurrence``: masks
+handled in place, no packing; forward and backward) when kernels are available and every tensor is on the CPU in
+one dtype, float32 or float64; ``causal_conv1d_ref`` is always the plain loop.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.kernels import recurrence
 from longseq.ops.pack import pack, unpack
 
 ACTIVATIONS = (None, "silu")
@@ -80,6 +85,16 @@ def causal_conv1d_update(x_t: Tensor, conv_state: Tensor, weight: Tensor, bias: 
     """
     _check("causal_conv1d_update", x_t, weight, bias, conv_state, "conv_state", activation, dilation, one_token=True)
     _check_mask("causal_conv1d_update", "mask_t", mask_t, tuple(x_t.shape[:1]))
+    compiled = recurrence.causal_conv1d(x_t[..., None], weight, bias, conv_state,
+                                        None if mask_t is None else mask_t[:, None], activation, dilation)
+    if compiled is not None:
+        return compiled[0][..., 0], compiled[1]
+    return _update(x_t, conv_state, weight, bias, activation, mask_t, dilation)
+
+
+def _update(x_t: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None,
+            mask_t: Tensor | None, dilation: int) -> tuple[Tensor, Tensor]:
+    """``causal_conv1d_update``'s plain path, its arguments checked."""
     window = torch.cat((conv_state, x_t[..., None]), dim=-1)  # (B, D, (W-1)·d + 1): a copy, never a view of x_t
     y = (window[..., ::dilation] * weight).sum(dim=-1)  # the W taps, d apart, the last on x_t
     if bias is not None:
@@ -101,8 +116,8 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, 
     state = x.new_zeros(x.shape[0], x.shape[1], keep) if initial_state is None else initial_state
     ys = []
     for t in range(x.shape[-1]):
-        y_t, state = causal_conv1d_update(x[..., t], state, weight, bias, activation=activation,
-                                          mask_t=None if mask is None else mask[:, t], dilation=dilation)
+        y_t, state = _update(x[..., t], state, weight, bias, activation, None if mask is None else mask[:, t],
+                             dilation)
         ys.append(y_t)
     y = torch.stack(ys, dim=-1)
     return (y, state) if return_final_state else y
@@ -121,6 +136,9 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, init
     """
     _check("causal_conv1d", x, weight, bias, initial_state, "initial_state", activation, dilation)
     _check_mask("causal_conv1d", "mask", mask, (x.shape[0], x.shape[-1]))
+    compiled = recurrence.causal_conv1d(x, weight, bias, initial_state, mask, activation, dilation)
+    if compiled is not None:
+        return compiled if return_final_state else compiled[0]
     b, d, length = x.shape
     keep = state_width(weight.shape[1], dilation)
     if mask is not None:

@@ -47,14 +47,15 @@ def _grad_inputs(t: dict[str, torch.Tensor], use: tuple[str, ...]) -> tuple[list
     return [t[k] for k in names], names
 
 
-def _assert_matches_reference(t, use, softplus, **kwargs):
-    want = _call(selective_scan_ref, t, use, delta_softplus=softplus)
-    got = _call(selective_scan, t, use, delta_softplus=softplus, **kwargs)
+def _assert_matches_reference(t, use, softplus, *, fns=(selective_scan, ss.selective_scan_chunked), **kwargs):
+    """Both paths: ``selective_scan`` (the compiled kernel where it builds) and the plain chunked scan."""
     inputs, names = _grad_inputs(t, use)
-    assert_same_function(got, want, inputs, names=names)
-    with torch.no_grad():  # the in-place path (no autograd) computes the same values
-        for a, b in zip(_call(selective_scan, t, use, delta_softplus=softplus, **kwargs), want, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    for fn in fns:
+        want = _call(selective_scan_ref, t, use, delta_softplus=softplus)  # a fresh graph for each comparison
+        assert_same_function(_call(fn, t, use, delta_softplus=softplus, **kwargs), want, inputs, names=names)
+        with torch.no_grad():  # the in-place path (no autograd) computes the same values
+            for a, b in zip(_call(fn, t, use, delta_softplus=softplus, **kwargs), want, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
 CHUNKS = [1, 3, 7, 64, L]  # 3 and 7 do not divide L; 64 > L
@@ -81,8 +82,9 @@ def test_each_option_matches_reference(use, softplus, groups):
 def test_channel_blocks_match_reference(monkeypatch, max_elements, groups):
     """Channels in blocks (chunk 7 gives c = 6 chunks, so a channel's step tensor has B c N = 48 elements): one channel
     per block, 2 channels (pieces of a group of 2 or of 6), 5 channels (whole groups of 2, the last block short)."""
-    monkeypatch.setattr(ss, "MAX_BLOCK_ELEMENTS", max_elements)
-    _assert_matches_reference(_inputs(groups=groups, softplus=True, seed=5), OPTIONAL, True, chunk_size=7)
+    monkeypatch.setattr(ss, "MAX_BLOCK_ELEMENTS", max_elements)  # the plain path's channel blocks
+    _assert_matches_reference(_inputs(groups=groups, softplus=True, seed=5), OPTIONAL, True,
+                              fns=(ss.selective_scan_chunked,), chunk_size=7)
 
 
 def test_non_contiguous_inputs():
@@ -220,7 +222,7 @@ def test_any_length_chunk_and_block_values(length, chunk_size, groups, max_eleme
     old = ss.MAX_BLOCK_ELEMENTS
     ss.MAX_BLOCK_ELEMENTS = max_elements  # not monkeypatch: hypothesis reruns the body within one test
     try:
-        got = _call(selective_scan, t, use, delta_softplus=True, chunk_size=chunk_size)
+        got = _call(ss.selective_scan_chunked, t, use, delta_softplus=True, chunk_size=chunk_size)
     finally:
         ss.MAX_BLOCK_ELEMENTS = old
     for a, b in zip(got, want, strict=True):
