@@ -186,6 +186,8 @@ def train(
     tensorboard: Annotated[Path | None, typer.Option(help="Also log the metrics as TensorBoard scalars here.")] = None,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine, launched with torchrun "
                                        "(gloo on CPU, NCCL on CUDA); --batch-size is the global batch.")] = 1,
+    fsdp: Annotated[bool, typer.Option(help="Under --nproc/torchrun: shard parameters, gradients and optimizer "
+                                       "state over the ranks (PyTorch FSDP2) instead of a copy per rank.")] = False,
     device: Annotated[str, typer.Option(help="cpu, or cuda (under --nproc each rank takes GPU LOCAL_RANK).")] = "cpu",
     on_nonfinite: Annotated[str, typer.Option(help="A NaN/inf loss or gradient: stop (naming the step and layer) or "
                                               "skip the step (counted as skipped_steps).")] = "stop",
@@ -216,7 +218,7 @@ def train(
                       "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every,
                       "out_dir": str(out_dir or default_out_dir(task, mixer)), "grad_accum": grad_accum,
                       "precision": precision, "tensorboard_dir": None if tensorboard is None else str(tensorboard),
-                      "on_nonfinite": on_nonfinite},
+                      "on_nonfinite": on_nonfinite, "fsdp": fsdp},
             "classifier": {"pattern": pattern, "pooling": pooling},
         })
     if nproc != 1 and not distributed.launched_by_torchrun():

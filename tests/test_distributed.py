@@ -1,10 +1,12 @@
 """Data-parallel training (longseq.train.distributed): 2 gloo ranks on this CPU against one process, gradient
-accumulation, kill -9 of the launcher and of a rank, bfloat16 autocast, TensorBoard logging."""
+accumulation, FSDP and its checkpoints, kill -9 of the launcher and of a rank, bfloat16 autocast, TensorBoard
+logging."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +17,15 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from safetensors import safe_open
 
 from longseq.train import TrainConfig, Trainer, latest_checkpoint
-from longseq.train.distributed import Ranks, rank_micro_batches
+from longseq.train.distributed import Ranks, evaluation_share, rank_micro_batches
+from longseq.train.trainer import checkpoint_dirs
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from ddp_worker import RaggedTask  # noqa: E402
+from ddp_worker import RaggedTask, build_model, train_config  # noqa: E402
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 QUIET = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
@@ -43,12 +47,27 @@ def test_trainer_refuses_a_batch_it_cannot_split():
         Trainer(model, RaggedTask(), TrainConfig(steps=2, batch_size=6, grad_accum=4), progress=False)
 
 
-def _worker(tmp_path: Path, name: str, grad_accum: int, *, ranks: int) -> dict[str, torch.Tensor]:
-    out = tmp_path / f"{name}.safetensors"
+def test_evaluation_shares_deal_batches_out_and_pad_them_to_equal_counts_for_fsdp():
+    for world, batches in [(1, 3), (2, 3), (2, 1), (3, 7), (4, 2)]:
+        plain = [evaluation_share(batches, Ranks(rank, world), same_count=False) for rank in range(world)]
+        assert sorted(number for share in plain for number, counted in share if counted) == list(range(batches))
+        assert all(counted for share in plain for _, counted in share)
+        padded = [evaluation_share(batches, Ranks(rank, world), same_count=True) for rank in range(world)]
+        assert [[item for item in share if item[1]] for share in padded] == plain
+        assert {len(share) for share in padded} == {-(-batches // world)}
+        assert all(item == (0, False) for share in padded for item in share if not item[1])
+
+
+def _run_worker(out: Path, grad_accum: int, *extra: str, ranks: int) -> None:
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
-    done = subprocess.run([*launcher, str(HERE / "ddp_worker.py"), str(out), str(grad_accum)], env=QUIET,
+    done = subprocess.run([*launcher, str(HERE / "ddp_worker.py"), str(out), str(grad_accum), *extra], env=QUIET,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _worker(tmp_path: Path, name: str, grad_accum: int, *, ranks: int) -> dict[str, torch.Tensor]:
+    out = tmp_path / f"{name}.safetensors"
+    _run_worker(out, grad_accum, ranks=ranks)
     return safetensors.torch.load_file(str(out))
 
 
@@ -67,13 +86,71 @@ def test_two_gloo_ranks_and_accumulation_train_the_one_process_weights(tmp_path)
 
 
 def _initial(tmp_path: Path) -> dict[str, torch.Tensor]:
-    from ddp_worker import VOCAB
+    return build_model().state_dict()
 
-    from longseq.models import CausalLM, ModelConfig
 
-    torch.manual_seed(0)
-    model = CausalLM(ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=2, layers="s4d,attention", mlp_ratio=2.0))
-    return {k: v.double() for k, v in model.state_dict().items()}
+def test_fsdp_resumes_and_writes_the_one_process_checkpoints_which_resume_in_one_process(tmp_path):
+    """FSDP, 2 gloo ranks x 2 micro-batches, float64, selecting on validation (3 evaluation batches: a rank's share is
+    padded). Resumed from a one-process checkpoint (step 2), it writes the one-process run's checkpoints at steps 4
+    and 6: the same files, names and metadata (the tied weight stored once), weights and kept weights within 1e-10
+    and optimizer moments within 1e-9 relative (summation order), the same optimizer, scheduler and RNG JSON; and it
+    logs the same losses, gradient norms (above grad_clip: clipped) and evaluations. Its step-4 checkpoint resumed
+    in one process, with fsdp=True there (nothing to shard: it changes nothing), ends at the one-process weights."""
+    reference, sharded = tmp_path / "reference", tmp_path / "fsdp"
+    Trainer(build_model(), RaggedTask(), train_config(1, reference), progress=False).train()
+    shutil.copytree(reference, sharded)
+    _remove_checkpoints_after(sharded, 2)
+    _run_worker(sharded, 2, "fsdp", ranks=2)
+    assert [step for step, _ in checkpoint_dirs(sharded)] == [2, 4, 6]
+    for step in (4, 6):
+        _assert_same_checkpoint(reference, sharded, step)
+    _assert_same_log(reference, sharded)
+
+    _remove_checkpoints_after(sharded, 4)
+    Trainer(build_model(), RaggedTask(), train_config(1, sharded, fsdp=True), progress=False).train(resume=True)
+    _assert_same_checkpoint(reference, sharded, 6)
+
+
+def _remove_checkpoints_after(run_dir: Path, step: int) -> None:
+    for saved, directory in checkpoint_dirs(run_dir):
+        if saved > step:
+            shutil.rmtree(directory)
+
+
+def _assert_same_checkpoint(expected_run: Path, run: Path, step: int) -> None:
+    expected, actual = (directory / "checkpoints" / f"step-{step:08d}" for directory in (expected_run, run))
+    assert sorted(p.name for p in actual.iterdir()) == sorted(p.name for p in expected.iterdir())
+    for name, tolerance in [("model", {"rtol": 0, "atol": 1e-10}), ("extra", {"rtol": 0, "atol": 1e-10}),
+                            ("optimizer", {"rtol": 1e-9, "atol": 1e-15})]:
+        if not (expected / f"{name}.safetensors").exists():
+            continue
+        (want_metadata, want), (got_metadata, got) = (_read(directory / f"{name}.safetensors")
+                                                      for directory in (expected, actual))
+        assert got_metadata == want_metadata and got.keys() == want.keys(), name
+        for key, tensor in want.items():
+            torch.testing.assert_close(got[key], tensor, **tolerance, msg=f"step {step}: {name}: {key}")
+    states = [json.loads((directory / "state.json").read_text()) for directory in (expected, actual)]
+    for entry in ("step", "optimizer", "scheduler", "rng"):
+        assert states[1][entry] == states[0][entry], f"step {step}: {entry}"
+
+
+def _read(path: Path) -> tuple[dict[str, str] | None, dict[str, torch.Tensor]]:
+    """A safetensors file's metadata and tensors."""
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata()
+    return metadata, safetensors.torch.load_file(str(path))
+
+
+def _assert_same_log(expected_run: Path, run: Path) -> None:
+    expected, actual = ([json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+                        for directory in (expected_run, run))
+    assert [(r["kind"], r["step"], r.get("split")) for r in actual] == [
+        (r["kind"], r["step"], r.get("split")) for r in expected]
+    for want, got in zip(expected, actual, strict=True):
+        for key in ("lr", "loss", "grad_norm", "accuracy", "eval_loss"):
+            if key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-9, abs=0), (want, key)
+    assert max(r["grad_norm"] for r in actual if r["kind"] == "train" and r["step"] > 2) > 1.0  # grad_clip = 1.0
 
 
 def _train_command(out_dir: Path, store: Path, *extra: str) -> list[str]:

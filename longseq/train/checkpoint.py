@@ -45,7 +45,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from longseq import __version__
+from longseq.train.distributed import is_dtensor
 from longseq.userinput import short_repr
 
 FORMAT = "longseq-checkpoint"
@@ -84,15 +85,23 @@ def save_checkpoint(
     config: dict[str, Any],
     extra: dict[str, Any],
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    model_state: Mapping[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint of the training state after ``step`` updates into ``directory``.
 
     ``config`` and ``extra`` must be JSON-able; ``extra_tensors`` (name -> tensor, none sharing memory) go to
     ``extra.safetensors``. Returns the directory. The RNG states saved are the current ones, so call this between
     steps, where an uninterrupted run would continue from exactly this state.
+
+    ``model_state``, ``optimizer_state``: what to write instead of ``model.state_dict()`` and
+    ``optimizer.state_dict()`` (under FSDP, the whole state gathered from the shards: ``distributed.full_state``),
+    in the same form; ``model`` still tells which names share a tensor, so a tied weight is stored once as for an
+    unsharded model.
     """
     directory = Path(directory)
-    optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
+    optimizer_tensors, optimizer_json = _split_optimizer_state(
+        optimizer.state_dict() if optimizer_state is None else optimizer_state)
     state = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -112,7 +121,10 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     # From here until the new state.json lands the directory is not a checkpoint, never a mixed one.
     (directory / STATE_FILE).unlink(missing_ok=True)
-    _atomic_write(directory / MODEL_FILE, lambda tmp: safetensors.torch.save_model(model, str(tmp)))
+    if model_state is None:
+        _atomic_write(directory / MODEL_FILE, lambda tmp: safetensors.torch.save_model(model, str(tmp)))
+    else:
+        _atomic_write(directory / MODEL_FILE, lambda tmp: _save_model_state(model, model_state, tmp))
     _atomic_write(directory / OPTIMIZER_FILE, lambda tmp: safetensors.torch.save_file(optimizer_tensors, str(tmp)))
     files = [MODEL_FILE, OPTIMIZER_FILE]
     if extra_tensors is not None:
@@ -126,6 +138,21 @@ def save_checkpoint(
     text = json.dumps(state, indent=1)
     _atomic_write(directory / STATE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return directory
+
+
+def _save_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``state`` (``model``'s state dict, one tensor per name) written as ``safetensors.torch.save_model`` writes an
+    unsharded model: names that hold one tensor in ``model`` (a tied weight) stored once, under the first in sorted
+    order, each other recorded in the metadata as an alias of it."""
+    holders: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():  # keep_vars: a tied weight is one object
+        holders.setdefault(id(tensor), []).append(name)
+    aliases = {}
+    for names in holders.values():
+        kept, *others = sorted(names)
+        aliases.update(dict.fromkeys(others, kept))
+    tensors = {name: tensor.contiguous() for name, tensor in state.items() if name not in aliases}
+    safetensors.torch.save_file(tensors, str(path), metadata=aliases or None)
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -296,13 +323,16 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: dict[str, Any] | None = None,
+    restore: Callable[[dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Restore model weights, optimizer, scheduler and RNG states from ``directory``; return its state.json.
 
     ``config``: when given, the config the checkpoint must have been saved with (``save_checkpoint``'s), compared
     leaf by leaf. Everything is checked before anything is modified, so a ``CheckpointError`` (missing checkpoint,
     bad JSON, unreadable format, checksum mismatch, another config, missing/unexpected/misshapen tensors, parameter
-    groups that do not fit) leaves the model and optimizer as they were.
+    groups that do not fit) leaves the model and optimizer as they were. ``restore(weights, optimizer_state)``
+    loads the checked weights and optimizer state (``optimizer.state_dict()``'s form) instead of
+    ``model.load_state_dict`` and ``optimizer.load_state_dict`` (under FSDP: ``distributed.load_full_state``).
     """
     directory = Path(directory)
     state = read_checkpoint_state(directory)
@@ -318,9 +348,13 @@ def load_checkpoint(
         directory / OPTIMIZER_FILE, _read_tensors(directory / OPTIMIZER_FILE), state["optimizer"], optimizer
     )
 
-    model.load_state_dict(weights, strict=False)  # strictness already checked, allowing for tied weights
+    if restore is None:
+        model.load_state_dict(weights, strict=False)  # strictness already checked, allowing for tied weights
     try:
-        optimizer.load_state_dict(optimizer_state)
+        if restore is None:
+            optimizer.load_state_dict(optimizer_state)
+        else:
+            restore(weights, optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -361,12 +395,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _tensor_identity(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    if is_dtensor(tensor):  # an FSDP shard has no storage of its own: a tied weight is one parameter object
+        return id(tensor), 0, tuple(tensor.shape)
     return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
 
 
 def _check_model_tensors(path: Path, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Keys, shapes and dtypes of ``weights`` against the model; a tied tensor may be stored under one name."""
-    expected = model.state_dict()
+    expected = model.state_dict(keep_vars=True)
     problems = []
     unexpected = sorted(set(weights) - set(expected))
     if unexpected:

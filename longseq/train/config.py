@@ -37,7 +37,9 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
 )
 
 
-OMITTED_AT_DEFAULT: tuple[str, ...] = ("select_on", "grad_accum", "precision", "tensorboard_dir", "on_nonfinite")
+OMITTED_AT_DEFAULT: tuple[str, ...] = (
+    "select_on", "grad_accum", "precision", "tensorboard_dir", "on_nonfinite", "fsdp",
+)
 """Fields added after runs were recorded, left out of ``to_json_dict`` while at their default (the behaviour from
 before they existed): the stored configs, checkpoint configs and quality run keys of runs that do not use them
 stay what they were."""
@@ -64,6 +66,12 @@ class TrainConfig(pydantic.BaseModel):
     """Micro-batches per update on each rank (gradient accumulation): each holds ``batch_size / (ranks x
     grad_accum)`` examples, and the update is the one on the whole batch (up to rounding), so this is not a
     trajectory field: a run may resume with another value."""
+    fsdp: Annotated[bool, Field(strict=True)] = False
+    """Under torchrun: shard every parameter, gradient and optimizer moment over the ranks (PyTorch's FSDP2,
+    ``fully_shard`` on each block and on the model) instead of a whole copy per rank (DDP); the updates are the same
+    (``train.distributed``). Checkpoints hold the whole single-process state either way, so this is not a trajectory
+    field: a run resumes with or without it, with any number of ranks. In one process there is nothing to shard and
+    it changes nothing. CPU (gloo) and CUDA (NCCL)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """``"bfloat16"``: forward passes (training and evaluation) under ``torch.autocast`` in bfloat16; parameters,
     optimizer state, and the scans, decays and recurrent states of the ops stay in float32 (``docs/design.md``

@@ -20,21 +20,34 @@ A rank that dies takes the run down: ``torchrun`` stops the others, and every co
 (``LONGSEQ_DIST_TIMEOUT_S``, default 300 s) so that a lost peer ends in an error, never a hang. Workers ask the
 kernel for SIGTERM when their parent dies, so ``kill -9`` of the launcher leaves no orphan training; the run then
 resumes from its last checkpoint with ``--resume``.
+
+**FSDP** (``TrainConfig.fsdp``): instead of a whole copy per rank (DDP), each rank holds a shard of every parameter,
+gradient and optimizer moment (PyTorch's FSDP2, ``fully_shard``: ``shard_model``); the rules above hold unchanged
+(FSDP2's reduce-scatter averages over the ranks as DDP's all-reduce does). A forward is then a collective, so every
+rank runs the same number of them (``evaluation_share`` pads a rank's share of an evaluation). Checkpoints stay the
+single-process state: ``full_state`` gathers it onto rank 0 to write, ``load_full_state`` shards it back, so a run
+resumes with or without FSDP and with any number of ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from longseq.modules.optim import optim_settings, set_optim
+from longseq.modules.param_cache import ParamCache
 
 TIMEOUT_ENV = "LONGSEQ_DIST_TIMEOUT_S"
 _PARENT_POLL_S = 0.5
@@ -143,6 +156,179 @@ def data_parallel(model: nn.Module, ranks: Ranks) -> nn.Module:
     device = next(model.parameters()).device
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager[None]:
+    """A context in which the backward reduces the gradients over the ranks only when ``sync`` (the last
+    micro-batch of an update; the others accumulate locally): DDP's ``no_sync``, FSDP2's
+    ``set_requires_gradient_sync``; nothing to do for a module trained in one process."""
+    if _is_fsdp(module):
+        module.set_requires_gradient_sync(sync)
+    elif not sync and isinstance(module, nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    return contextlib.nullcontext()
+
+
+def evaluation_share(num_batches: int, ranks: Ranks, *, same_count: bool) -> list[tuple[int, bool]]:
+    """This rank's batches of an evaluation of ``num_batches``: ``(batch number, counted)`` for every
+    ``world_size``-th batch from ``rank``. ``same_count`` (FSDP, whose forwards are collectives that every rank must
+    join): padded with batch 0, not counted, up to the share of the rank with the most, so that no rank waits for a
+    forward another will never run."""
+    share = [(number, True) for number in range(ranks.rank, num_batches, ranks.world_size)]
+    if same_count:
+        most = -(-num_batches // ranks.world_size)
+        share += [(0, False)] * (most - len(share))
+    return share
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """Shard ``model`` over the process group's ranks with FSDP2, in place, and return it.
+
+    Each block of every ``Backbone`` in ``model`` is its own unit (its parameters are gathered for its forward and
+    backward, then freed), and the root holds the rest (embeddings, heads, final norms: a tied weight stays tied
+    there). The root frees its gathered parameters after the forward too, so that outside a forward every
+    parameter is this rank's shard (a ``DTensor``), which ``full_state`` and the optimizer see. Each parameter
+    keeps its optimizer settings (``set_optim``), which sharding would drop: build the optimizer afterwards.
+    Refuses a device other than CPU (gloo) and CUDA (NCCL), the pairs PyTorch's FSDP2 runs on.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from longseq.models.backbone import Backbone
+
+    device = next(model.parameters()).device
+    backend = dist.get_backend()
+    if (device.type, backend) not in (("cpu", "gloo"), ("cuda", "nccl")):
+        raise ValueError(f"fsdp=True on device {device.type!r} with backend {backend!r}: allowed: cpu with gloo, "
+                         "cuda with nccl (PyTorch's FSDP2)")
+    # The model's device, not torch's default accelerator: a CPU run on a machine with a GPU shards on the CPU.
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    settings = {name: optim_settings(parameter) for name, parameter in model.named_parameters()}
+    for module in list(model.modules()):
+        if isinstance(module, Backbone):
+            for block in module.blocks:
+                fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    for name, parameter in model.named_parameters():
+        if settings[name]:
+            set_optim(parameter, **settings[name])
+    return model
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The whole state of a sharded ``model`` (and ``optimizer``) gathered onto rank 0's CPU: ``(weights,
+    optimizer state or None)``, empty dicts on the other ranks. A collective: every rank calls it.
+
+    ``weights`` has ``model.state_dict()``'s names, a tied weight once per name as an unsharded model's state dict
+    has it. The optimizer state is in ``optimizer.state_dict()``'s form: torch.distributed.checkpoint gives it keyed
+    by parameter name; it is numbered back as ``optimizer.state_dict()`` numbers parameters, in the order of
+    ``optimizer.param_groups`` (``trainer.parameter_groups``'), so it is what one process would checkpoint. The
+    tensors are copies (on CPU the gather would hand back the live buffers and step counts).
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = _copies(get_model_state_dict(model, options=options), model.state_dict().values())
+    if optimizer is None:
+        return weights, None
+    gathered = get_optimizer_state_dict(model, optimizer, options=options)
+    if not gathered:  # not rank 0
+        return weights, {}
+    live = [tensor for entries in optimizer.state.values() for tensor in entries.values()
+            if isinstance(tensor, torch.Tensor)]
+    index = {name: number for number, name in enumerate(_parameter_names(model, optimizer))}
+    state = {index[name]: _copies(entries, live) for name, entries in gathered["state"].items()}
+    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in gathered["param_groups"]]
+    return weights, {"state": dict(sorted(state.items())), "param_groups": groups}
+
+
+def load_full_state(model: nn.Module, weights: Mapping[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> None:
+    """The inverse of ``full_state``: load rank 0's whole ``weights`` (and ``optimizer_state``, in
+    ``optimizer.state_dict()``'s form) into the sharded ``model`` (and ``optimizer``); each rank keeps its shard.
+    A collective: every rank calls it; only rank 0's dicts are read (the others may pass empty ones).
+
+    A tied weight may come under one of its names (a checkpoint stores it once). Rank 0 sends the whole state,
+    rather than every rank reading it, because the weights that ``select_on="val"`` keeps exist on rank 0 only.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, dict(weights), options=options)
+    drop_param_caches(model)
+    if optimizer is None:
+        return
+    names = _parameter_names(model, optimizer)
+    by_name: dict[str, Any] = {}
+    if optimizer_state:
+        by_name = {
+            "state": {names[int(number)]: entries for number, entries in optimizer_state["state"].items()},
+            "param_groups": [{**group, "params": [names[number] for number in group["params"]]}
+                             for group in optimizer_state["param_groups"]],
+        }
+    tuples = [{key for key, value in group.items() if isinstance(value, tuple)} for group in optimizer.param_groups]
+    set_optimizer_state_dict(model, optimizer, by_name, options=options)
+    # The broadcast turns tuples (betas) into lists: give them back the optimizer's own types.
+    for group, keys in zip(optimizer.param_groups, tuples, strict=True):
+        group.update({key: tuple(group[key]) for key in keys})
+
+
+def drop_param_caches(model: nn.Module) -> None:
+    """Empty every ``ParamCache`` in ``model``. FSDP2 refills a gathered parameter in place without bumping its
+    version, so a cache keyed on (data pointer, version) could return a value of older weights: call this whenever
+    the weights of a sharded model change (an optimizer step, a load)."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, ParamCache):
+                setattr(module, name, ParamCache())
+
+
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (an FSDP shard), without importing ``torch.distributed.tensor`` (a second
+    or more) when nothing has: no DTensor can exist before that."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
+
+
+def local(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """This rank's part of a ``DTensor``; any other tensor (or None) as it is."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole value of a ``DTensor`` (a collective where it is sharded or partial, such as the norm of sharded
+    gradients); any other tensor as it is."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def _is_fsdp(module: nn.Module) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(module, fsdp.FSDPModule)
+
+
+def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each of ``optimizer``'s parameters, in ``optimizer.state_dict()``'s numbering (a tied weight
+    under its first name, as torch.distributed.checkpoint names it)."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def _copies(tensors: Mapping[str, Any], live: Iterable[torch.Tensor]) -> dict[str, Any]:
+    """``tensors`` with each one that shares memory with a ``live`` tensor (a shard's local part) copied."""
+    shared = {local(tensor).untyped_storage().data_ptr() for tensor in live}
+    shared.discard(0)  # empty tensors
+    return {name: value.clone() if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in shared
+            else value for name, value in tensors.items()}
 
 
 def launch(nproc: int, argv: list[str]) -> int:

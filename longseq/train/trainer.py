@@ -14,7 +14,10 @@ device and thread count, and deterministic kernels), with or without dropout.
 
 **Data parallel** (``longseq.train.distributed``): under torchrun every rank runs this loop on its share of each
 update's batch (``grad_accum`` micro-batches), the gradients are those of the whole batch, evaluations are split
-across the ranks and summed, and only rank 0 writes (checkpoints, metrics, the observer, the progress bar).
+across the ranks and summed, and only rank 0 writes (checkpoints, metrics, the observer, the progress bar). With
+``TrainConfig.fsdp`` the model is sharded over the ranks (FSDP2) instead of copied: forwards are then collectives,
+so evaluations pad the ranks' shares to equal counts, and the weights kept or checkpointed are gathered onto rank 0
+(the checkpoint is the single-process one either way).
 
 **Checkpoint selection** (``TrainConfig.select_on``). With ``"test"`` (the default) the periodic evaluations score
 the test split and the final metrics are the last weights' on the whole test split. With ``"val"`` (LRA's
@@ -335,7 +338,11 @@ class Trainer:
         self.ranks = distributed.current()
         self._check_batch_split(config)
         self.model = model
-        self._trained = distributed.data_parallel(model, self.ranks)  # DDP around the model under torchrun
+        # Under torchrun: the model sharded in place (FSDP2, before the optimizer sees its parameters), or DDP
+        # around it.
+        self._sharded = config.fsdp and self.ranks.distributed
+        self._trained = (distributed.shard_model(model) if self._sharded
+                         else distributed.data_parallel(model, self.ranks))
         self.task = task
         self.config = config
         # Only rank 0 reports: the others train and evaluate in step with it.
@@ -429,13 +436,16 @@ class Trainer:
         metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         supervised = torch.zeros((), dtype=torch.float64, device=self.device)
-        starts = range(0, count, batch_size)[self.ranks.rank :: self.ranks.world_size]
+        starts = range(0, count, batch_size)
         try:
             with torch.no_grad(), preserved_rng_state():
-                for start in starts:
-                    indices = np.arange(start, min(count, start + batch_size))
-                    # The bare model, not DDP: ranks may run different numbers of batches here.
+                for number, counted in distributed.evaluation_share(len(starts), self.ranks, same_count=self._sharded):
+                    indices = np.arange(starts[number], min(count, starts[number] + batch_size))
+                    # The bare model, not DDP: ranks may run different numbers of batches here (under FSDP, whose
+                    # forwards are collectives, the same number: a padding batch is run and not counted).
                     out = self._forward(self.model, task, *task.batch(split, indices))
+                    if not counted:
+                        continue
                     scores = task.score(out.predictions, out.targets, out.example_index, len(indices))
                     metric_sum += torch.as_tensor(scores).to(device=self.device, dtype=torch.float64).sum()
                     loss_sum += out.loss.detach().double() * out.targets.numel()
@@ -520,7 +530,12 @@ class Trainer:
             raise CheckpointError(f"no checkpoint at {Path(self.config.out_dir) / CHECKPOINTS_DIR}")
         saved = read_checkpoint_state(directory)
         self._check_resumable(directory, saved["config"])
-        load_checkpoint(directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        restore = None
+        if self._sharded:  # the single-process state, sharded as it loads
+            def restore(weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
+                distributed.load_full_state(self.model, weights, self.optimizer, optimizer_state)
+        load_checkpoint(directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                        restore=restore)
         progress = saved["extra"].get("progress")
         if not isinstance(progress, dict):
             raise CheckpointError(f"{directory}: not a trainer checkpoint (no extra.progress in state.json)")
@@ -612,9 +627,8 @@ class Trainer:
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         aux_loss = None
         for number, ((inputs, labels), count) in enumerate(zip(micro_batches, counts, strict=True)):
-            # DDP all-reduces the gradients in the backward of the last micro-batch only.
-            last = number == len(micro_batches) - 1
-            with contextlib.nullcontext() if last or not self.ranks.distributed else self._trained.no_sync():
+            # DDP (FSDP) all-reduces (reduce-scatters) the gradients in the backward of the last micro-batch only.
+            with distributed.gradient_sync(self._trained, number == len(micro_batches) - 1):
                 out = self._forward(self._trained, self.task, inputs, labels)
                 objective = out.loss * (world * count / total)
                 micro_aux = getattr(out, "aux_loss", None)
@@ -627,7 +641,9 @@ class Trainer:
         grads = [p.grad.detach() for p in self._trainable if p.grad is not None]
         # What clip_grad_norm_ computes, taken apart so that a non-finite norm is seen before clipping smears it
         # over every gradient (the message then names the parameters whose gradient overflowed).
-        grad_norm = nn.utils.get_total_norm(grads).to(self.device) if grads else torch.zeros((), device=self.device)
+        # Under FSDP the gradients are shards and their norm a DTensor: its whole value, the same on every rank.
+        grad_norm = (distributed.full(nn.utils.get_total_norm(grads)).to(self.device) if grads
+                     else torch.zeros((), device=self.device))
         tokens = sum(inputs.numel() for inputs, _ in micro_batches) * world
         result = _StepResult(loss, aux_loss, grad_norm, tokens, skipped=False)
         if not self._finite_on_every_rank(loss, aux_loss, grad_norm):
@@ -638,6 +654,8 @@ class Trainer:
         if config.grad_clip is not None:
             nn.utils.clip_grads_with_norm_(self._trainable, config.grad_clip, grad_norm)
         self.optimizer.step()
+        if self._sharded:
+            distributed.drop_param_caches(self.model)
         self.scheduler.step()
         return result
 
@@ -669,19 +687,23 @@ class Trainer:
         values = {"training loss": result.loss.item(), "aux loss": aux, "gradient norm": result.grad_norm.item()}
         shown = ", ".join(f"{name} is {value:.6g}" for name, value in values.items() if value is not None)
         module = None
-        if all(value is None or math.isfinite(value) for value in values.values()):
+        own_finite = all(value is None or math.isfinite(value) for value in values.values())
+        # FSDP's forwards are collectives: every rank reruns all its micro-batches.
+        if not own_finite or self._sharded:
+            with torch.no_grad(), preserved_rng_state():
+                for inputs, labels in micro_batches:
+                    found_here = first_nonfinite_module(
+                        self.model, functools.partial(self._forward, self.model, self.task, inputs, labels))
+                    module = module or found_here
+                    if module is not None and not self._sharded:
+                        break
+        if own_finite:
             # Only under torchrun: the ranks agreed to stop on another rank's loss.
             found = ["another rank's loss was not finite"]
         else:
-            with torch.no_grad(), preserved_rng_state():
-                for inputs, labels in micro_batches:
-                    module = first_nonfinite_module(
-                        self.model, functools.partial(self._forward, self.model, self.task, inputs, labels))
-                    if module is not None:
-                        break
-            named = list(self.model.named_parameters())
-            weights = nonfinite_names(named)
-            gradients = nonfinite_names((name, p.grad) for name, p in named)
+            named = list(self.model.named_parameters())  # under FSDP this rank's shards
+            weights = nonfinite_names((name, distributed.local(p)) for name, p in named)
+            gradients = nonfinite_names((name, distributed.local(p.grad)) for name, p in named)
             found = [
                 f"first non-finite output: {module}" if module else "no module output was non-finite when the "
                 "failing micro-batch ran forward again (the backward pass overflowed, or the failure needs this "
@@ -783,7 +805,9 @@ class Trainer:
         improved = self._record_eval(metrics, session_start, examples=self.config.eval_examples, split=split)
         if split == "val" and improved:
             state = self._state
-            self._selected = {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
+            # Under FSDP gathered onto rank 0 (the only writer), empty on the other ranks.
+            self._selected = distributed.full_state(self.model)[0] if self._sharded else {
+                name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
             state.selected_step = state.step
             state.selected_metrics = {f"val_{name}": value for name, value in metrics.items()}
         return metrics
@@ -814,7 +838,10 @@ class Trainer:
         state = self._state
         if state.last_eval is None or state.last_eval.get("step") != state.step:
             self._scored_eval("val", session_start)
-        self.model.load_state_dict(self._selected)
+        if self._sharded:
+            distributed.load_full_state(self.model, self._selected)
+        else:
+            self.model.load_state_dict(self._selected)
         metrics = self.evaluate("test")
         self._log_eval("test", metrics, None, session_start, selected_step=state.selected_step)
         return self._final_result({**metrics, **state.selected_metrics, "selected_step": state.selected_step},
@@ -867,10 +894,17 @@ class Trainer:
         out_dir = Path(self.config.out_dir)
         # Every rank checks (their weights are equal), so that all raise together: a poisoned checkpoint would
         # replace a good one when old checkpoints are pruned. Parameters only: a buffer may hold -inf by design.
-        poisoned = nonfinite_names(self.model.named_parameters())
+        poisoned = nonfinite_names((name, distributed.local(p)) for name, p in self.model.named_parameters())
+        if self._sharded:  # a rank checks its shards: the ranks add up their counts, so that all raise together
+            found = torch.tensor(float(len(poisoned)), device=self.device)
+            if distributed.all_reduce_sum(found, self.ranks).item() and not poisoned:
+                poisoned = ["another rank's shards"]
         if poisoned:
             raise TrainingDiverged(f"step {state.step}: not checkpointed, the weights hold non-finite values "
                                    f"({listed(poisoned)}); {self._last_good_checkpoint()}", step=state.step)
+        # Under FSDP every rank takes part in gathering the state that rank 0 writes.
+        model_state, optimizer_state = (distributed.full_state(self.model, self.optimizer) if self._sharded
+                                        else (None, None))
         if not self.ranks.is_main:
             return out_dir / CHECKPOINTS_DIR / f"step-{state.step:08d}"
         extra_progress = asdict(state)
@@ -886,6 +920,8 @@ class Trainer:
             extra={"progress": extra_progress},
             # Once finished, the model holds the selected weights: a copy would repeat them.
             extra_tensors=self._selected if state.final_metrics is None else None,
+            model_state=model_state,
+            optimizer_state=optimizer_state,
         )
         keep = self.config.keep_checkpoints
         if keep is not None:
