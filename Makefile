@@ -19,6 +19,8 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check longseq tests benchmarks
 	$(BIN)/pytest -n 2 tests
+	# The ops' plain PyTorch paths once more, with the compiled kernels switched off.
+	LONGSEQ_KERNELS=off $(BIN)/pytest -n 2 tests/ops tests/modules tests/test_kernels_mechanism.py
 
 demo: $(STAMP)
 	$(BIN)/longseq demo
