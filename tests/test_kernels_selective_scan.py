@@ -7,6 +7,7 @@ stream and step through the compiled path equal to the plain path. Skipped when 
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -22,10 +23,14 @@ from longseq.ops.selective_scan import (
     selective_state_update,
 )
 from longseq.testing.oracle import assert_same_function
+from longseq.testing.scan_inputs import call_scan, scan_leaves, selective_scan_inputs
 
 F64, F32 = torch.float64, torch.float32
 B, D, N, L = 2, 6, 4, 37
 OPTIONAL = ("D", "z", "delta_bias", "initial_state")
+_inputs = functools.partial(selective_scan_inputs, batch=B, d=D, n=N, length=L)
+_call = call_scan
+_leaves = scan_leaves
 NAMES = ("u", "delta", "A", "B", "C", *OPTIONAL)
 
 
@@ -67,32 +72,6 @@ def threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
-
-
-def _inputs(*, length: int = L, groups: int | None = None, softplus: bool = False, seed: int = 0,
-            dtype: torch.dtype = F64, d: int = D, n: int = N, batch: int = B) -> dict[str, torch.Tensor]:
-    """Every tensor argument as a leaf with requires_grad. groups None: B, C of shape (B, N, L); else (B, G, N, L).
-    Without softplus, delta is positive (a step size, as after the caller's softplus)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=F64)
-
-    bc = (batch, n, length) if groups is None else (batch, groups, n, length)
-    delta = randn(batch, d, length) if softplus else torch.rand(batch, d, length, generator=g, dtype=F64) * 0.5 + 0.01
-    tensors = {"u": randn(batch, d, length), "delta": delta, "A": -torch.rand(d, n, generator=g, dtype=F64) - 0.1,
-               "B": randn(*bc), "C": randn(*bc), "D": randn(d), "z": randn(batch, d, length),
-               "delta_bias": randn(d) * 0.3, "initial_state": randn(batch, d, n)}
-    return {k: v.to(dtype).requires_grad_() for k, v in tensors.items()}
-
-
-def _call(fn, t: dict[str, torch.Tensor], use: tuple[str, ...], **kwargs):
-    return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], **{k: t[k] for k in use}, return_last_state=True, **kwargs)
-
-
-def _leaves(t: dict[str, torch.Tensor], use: tuple[str, ...]) -> tuple[list[torch.Tensor], list[str]]:
-    names = ["u", "delta", "A", "B", "C", *use]
-    return [t[k] for k in names], names
 
 
 def _grads(outputs: tuple[torch.Tensor, ...], inputs: list[torch.Tensor], seed: int = 0) -> list[torch.Tensor]:

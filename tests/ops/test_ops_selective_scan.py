@@ -5,6 +5,7 @@ log-sum overflows); torch.compile against the plain path; refusals."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -15,36 +16,14 @@ from hypothesis import strategies as st
 import longseq.ops.selective_scan as ss
 from longseq.ops.selective_scan import selective_scan, selective_scan_ref, selective_state_update
 from longseq.testing.oracle import assert_same_function
+from longseq.testing.scan_inputs import call_scan, scan_leaves, selective_scan_inputs
 
 F64 = torch.float64
 B, D, N, L = 2, 6, 4, 40
 OPTIONAL = ("D", "z", "delta_bias", "initial_state")
-
-
-def _inputs(*, length: int = L, groups: int | None = None, softplus: bool = False, seed: int = 0,
-            dtype: torch.dtype = F64, d: int = D, n: int = N, batch: int = B) -> dict[str, torch.Tensor]:
-    """Every tensor argument, leaves with requires_grad. groups None: B, C of shape (B, N, L); else (B, G, N, L).
-    Without softplus, delta is positive (a step size, as after the caller's softplus)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=F64)
-
-    bc_shape = (batch, n, length) if groups is None else (batch, groups, n, length)
-    delta = randn(batch, d, length) if softplus else torch.rand(batch, d, length, generator=g, dtype=F64) * 0.5 + 0.01
-    tensors = {"u": randn(batch, d, length), "delta": delta, "A": -torch.rand(d, n, generator=g, dtype=F64) - 0.1,
-               "B": randn(*bc_shape), "C": randn(*bc_shape), "D": randn(d), "z": randn(batch, d, length),
-               "delta_bias": randn(d) * 0.3, "initial_state": randn(batch, d, n)}
-    return {k: v.to(dtype).requires_grad_() for k, v in tensors.items()}
-
-
-def _call(fn, t: dict[str, torch.Tensor], use: tuple[str, ...], **kwargs):
-    return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], **{k: t[k] for k in use}, return_last_state=True, **kwargs)
-
-
-def _grad_inputs(t: dict[str, torch.Tensor], use: tuple[str, ...]) -> tuple[list[torch.Tensor], list[str]]:
-    names = ["u", "delta", "A", "B", "C", *use]
-    return [t[k] for k in names], names
+_inputs = functools.partial(selective_scan_inputs, batch=B, d=D, n=N, length=L)
+_call = call_scan
+_grad_inputs = scan_leaves
 
 
 def _assert_matches_reference(t, use, softplus, *, fns=(selective_scan, ss.selective_scan_chunked), **kwargs):
