@@ -26,3 +26,19 @@ def _sample_datasets(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def calls(ext, monkeypatch):
+    """For the compiled-kernel tests (each module defines ``ext``, its extension module): calls(name) -> a list that
+    grows by one per call of the extension's function ``name``: proof that a result came from the compiled path (or,
+    empty, that it did not)."""
+    def spy(name):
+        seen, original = [], getattr(ext, name)
+
+        def wrapper(*args):
+            seen.append(name)
+            return original(*args)
+        monkeypatch.setattr(ext, name, wrapper)
+        return seen
+    return spy

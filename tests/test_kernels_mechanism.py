@@ -14,6 +14,7 @@ def fresh(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_notices", {})
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(kernels.KERNELS_ENV, "auto")  # CI also runs the suite with LONGSEQ_KERNELS=off
     (tmp_path / "csrc").mkdir()
     kernels._build.cache_clear()
     yield tmp_path / "csrc"

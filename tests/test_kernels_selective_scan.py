@@ -52,21 +52,6 @@ def ext():
 
 
 @pytest.fixture
-def calls(ext, monkeypatch):
-    """calls(name) -> a list that grows by one per call of the extension's function ``name``: proof that a result
-    came from the compiled path (or, empty, that it did not)."""
-    def spy(name):
-        seen, original = [], getattr(ext, name)
-
-        def wrapper(*args):
-            seen.append(name)
-            return original(*args)
-        monkeypatch.setattr(ext, name, wrapper)
-        return seen
-    return spy
-
-
-@pytest.fixture
 def threads():
     """threads(n): set torch's thread count for the rest of the test (restored after)."""
     before = torch.get_num_threads()
