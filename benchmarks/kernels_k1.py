@@ -168,6 +168,20 @@ def state_update_stats(d_inner: int, n: int, tokens: int) -> dict[str, dict[str,
     return {k: {**v, "ms_per_call": v["median_ms"] / tokens} for k, v in stats.items()}
 
 
+def load_kernel_timed(name: str) -> tuple[float, float]:
+    """Load (build, or read from the disk cache) the compiled kernel ``name`` and time it apart from the rows; print
+    the machine line. Returns (load seconds, load average); exits when the kernel is unavailable."""
+    t0 = time.perf_counter()
+    loaded = kernels.load(name) is not None
+    load_s = time.perf_counter() - t0
+    if not loaded:
+        sys.exit(f"the compiled kernel is unavailable: {kernels.kernel_status()}")
+    load_avg = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_avg:.2f} on "
+          f"{os.cpu_count()} CPUs; kernel load (build or disk cache) {load_s:.1f} s")
+    return load_s, load_avg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--length", type=int, default=4096)
@@ -191,14 +205,7 @@ def main() -> None:
     skip = {s for s in args.skip.split(",") if s}
     torch.set_num_threads(args.threads)
 
-    t0 = time.perf_counter()
-    ext = kernels.load("selective_scan")
-    load_s = time.perf_counter() - t0
-    if ext is None:
-        sys.exit(f"the compiled kernel is unavailable: {kernels.kernel_status()}")
-    load_avg = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_avg:.2f} on "
-          f"{os.cpu_count()} CPUs; kernel load (build or disk cache) {load_s:.1f} s")
+    load_s, load_avg = load_kernel_timed("selective_scan")
     print(f"B={args.batch} D={args.d} N={args.n} L={args.length} float32, chunk_size={args.chunk_size}")
     result: dict[str, object] = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),

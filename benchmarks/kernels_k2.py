@@ -35,7 +35,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernels_k1 import interleaved, plain_path, print_table
+from benchmarks.kernels_k1 import interleaved, load_kernel_timed, plain_path, print_table
 from longseq import kernels
 from longseq.mixers import build
 from longseq.ops.lti_recurrence import lti_scan, lti_step
@@ -169,14 +169,7 @@ def main() -> None:
     skip = {s for s in args.skip.split(",") if s}
     torch.set_num_threads(args.threads)
 
-    t0 = time.perf_counter()
-    ext = kernels.load("recurrence")
-    load_s = time.perf_counter() - t0
-    if ext is None:
-        sys.exit(f"the compiled kernel is unavailable: {kernels.kernel_status()}")
-    load_avg = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_avg:.2f} on "
-          f"{os.cpu_count()} CPUs; kernel load (build or disk cache) {load_s:.1f} s")
+    load_s, load_avg = load_kernel_timed("recurrence")
     sizes = {"d_model": args.d_model, "s4d_d_state": 64, "mamba2_d_state": 64, "mamba2_headdim": 64, "d_conv": 4,
              "chunk": args.chunk, "conv_length": args.length, "dtype": "float32", "batch": 1}
     result: dict[str, object] = {
