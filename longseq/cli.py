@@ -233,8 +233,10 @@ def train(
     try:
         result = run_experiment(exp, store=ResultsStore(store) if ranks.is_main else None, resume=resume,
                                 command=shlex.join(sys.argv), progress=progress, device=device)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
     if not ranks.is_main:
         return
     table = Table(title=f"run {result.run_id}")

@@ -26,6 +26,7 @@ from longseq.train import (
     Trainer,
     TrainingDiverged,
     batch_indices,
+    distributed,
     latest_checkpoint,
     load_checkpoint,
     lr_at,
@@ -235,7 +236,7 @@ def _rank(rank: int, init_file: str, out_file: str) -> None:
             except TrainingDiverged as error:
                 outcome[mode] = {"step": error.step, "message": str(error)}
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
     Path(out_file).write_text(json.dumps(outcome))
 
 

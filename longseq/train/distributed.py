@@ -87,9 +87,14 @@ def init_from_env(device: torch.device | str = "cpu") -> Ranks:
     return current()
 
 
-def shutdown() -> None:
-    """Leave the process group (each rank, once its work is done; a rank exiting without it may abort)."""
+def shutdown(*, wait: bool = True) -> None:
+    """Leave the process group (each rank, once its work is done; a rank exiting without it may abort). ``wait``: a
+    barrier first, after a run that ended normally: a rank that tears its gloo connections down while a slower peer
+    (rank 0 writing the last checkpoint) still holds them makes that peer's transport thread throw at exit
+    ("terminate called without an active exception"). After an error, no barrier: the peers may be gone."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
