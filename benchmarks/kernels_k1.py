@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable f
 
 from benchmarks.selective_scan_speed import call, make_inputs, mamba_ssm_ref
 from longseq import kernels
+from longseq.bench.interleaved import time_interleaved
 from longseq.mixers import build
 from longseq.ops.selective_scan import (
     selective_scan,
@@ -53,18 +54,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def interleaved(rows: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """Median and IQR in ms of each row, timed in interleaved rounds after ``warmup`` untimed calls each."""
-    for fn in rows.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(repeats):
-        for name, fn in rows.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - t0))
+    """Median and IQR in ms of each row, timed in interleaved rounds after ``warmup`` untimed calls each
+    (``longseq.bench.interleaved.time_interleaved``)."""
     out = {}
-    for name, v in times.items():
+    for name, seconds in time_interleaved(rows, warmup=warmup, repeats=repeats).items():
+        v = [1e3 * t for t in seconds]
         q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) >= 2 else (v[0], 0, v[0])
         out[name] = {"median_ms": statistics.median(v), "iqr_ms": q3 - q1, "repeats": len(v)}
     return out
@@ -168,6 +162,15 @@ def state_update_stats(d_inner: int, n: int, tokens: int) -> dict[str, dict[str,
     return {k: {**v, "ms_per_call": v["median_ms"] / tokens} for k, v in stats.items()}
 
 
+def write_result(result: dict[str, object], out: Path) -> None:
+    """Close ``result`` with the machine's load and the kernels' status, and write it to ``out`` as JSON."""
+    result["load_average_end"] = os.getloadavg()[0]
+    result["kernel_status_end"] = kernels.kernel_status()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
 def load_kernel_timed(name: str) -> tuple[float, float]:
     """Load (build, or read from the disk cache) the compiled kernel ``name`` and time it apart from the rows; print
     the machine line. Returns (load seconds, load average); exits when the kernel is unavailable."""
@@ -247,11 +250,7 @@ def main() -> None:
               f"{single['compiled']['ms_per_call']:.4f} ms, plain {single['plain']['ms_per_call']:.4f} ms")
         result["state_update"] = single
 
-    result["load_average_end"] = os.getloadavg()[0]
-    result["kernel_status_end"] = kernels.kernel_status()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ first ``load`` (a build, or the on-disk cache) is timed apart. Results go to ``-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernels_k1 import interleaved, load_kernel_timed, plain_path, print_table
+from benchmarks.kernels_k1 import interleaved, load_kernel_timed, plain_path, print_table, write_result
 from longseq import kernels
 from longseq.mixers import build
 from longseq.ops.lti_recurrence import lti_scan, lti_step
@@ -206,11 +205,7 @@ def main() -> None:
             result["chunks"][name] = {"forward": forward, "forward_ratio": ratio(forward),
                                       "forward_backward": backward, "forward_backward_ratio": ratio(backward)}
 
-    result["load_average_end"] = os.getloadavg()[0]
-    result["kernel_status_end"] = kernels.kernel_status()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
