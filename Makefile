@@ -18,6 +18,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check longseq tests benchmarks
+	# Build the compiled kernels first: a failed build must fail CI, not make their tests skip.
+	$(BIN)/python -m longseq.kernels
 	$(BIN)/pytest -n 2 tests
 	# The ops' plain PyTorch paths once more, with the compiled kernels switched off.
 	LONGSEQ_KERNELS=off $(BIN)/pytest -n 2 tests/ops tests/modules tests/test_kernels_mechanism.py

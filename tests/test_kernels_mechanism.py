@@ -60,3 +60,27 @@ def test_status_builds_nothing(fresh, tmp_path):
     (fresh / "probe.cpp").write_text("this would take a build to find out")
     assert kernels.kernel_status() == {"probe": "compiled on first use"}
     assert not (tmp_path / "cache").exists()  # reported from the policy: the op's first use builds
+
+
+def test_a_shared_header_is_part_of_the_build_key(fresh, tmp_path):
+    """Editing csrc/*.h rebuilds every kernel that may include it (a new cache directory), not a stale one."""
+    (fresh / "probe.cpp").write_text("")
+    (fresh / "shared.h").write_text("// one\n")
+    with pytest.warns(RuntimeWarning):  # an empty source is no extension: the build fails, its folder stays
+        kernels.load("probe")
+    first = {p.name for p in (tmp_path / "cache").iterdir()}
+    kernels._build.cache_clear()
+    (fresh / "shared.h").write_text("// two\n")
+    with pytest.warns(RuntimeWarning):
+        kernels.load("probe")
+    assert len({p.name for p in (tmp_path / "cache").iterdir()} - first) == 1
+
+
+def test_building_every_kernel_up_front_fails_loudly(fresh, capsys):
+    """``python -m longseq.kernels`` (CI's first step) exits 1 naming a kernel that cannot be built."""
+    from longseq.kernels.__main__ import main
+
+    (fresh / "broken.cpp").write_text("this is not C++;\n")
+    with pytest.warns(RuntimeWarning):
+        assert main() == 1
+    assert "broken: pytorch: its build failed" in capsys.readouterr().out

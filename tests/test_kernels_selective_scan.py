@@ -2,8 +2,9 @@
 replaces: the scan's outputs, last states and gradients w.r.t. every input in float64 (rounding-level agreement,
 gradcheck on tiny sizes) and float32, grouped and shared B/C, each option alone, dt = 0 as an exact no-op, strided
 inputs as a Mamba block passes them, the checkpoint interval, strong decays over 4096 float32 steps; the one-token
-update; results independent of the thread count; the fallback with kernels off; and the mamba mixer's forward,
-stream and step through the compiled path equal to the plain path. Skipped when the kernel cannot be built here."""
+update and the whole block's token step; results independent of the thread count; the fallback with kernels off;
+and the mamba mixer's forward, stream and step through the compiled path equal to the plain path. Skipped when the
+kernel cannot be built here."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from longseq import kernels
 from longseq.kernels import selective_scan as compiled
 from longseq.mixers import build
 from longseq.ops.selective_scan import (
+    MambaStepWeights,
+    mamba_block_step,
     selective_scan,
     selective_scan_chunked,
     selective_scan_ref,
@@ -357,8 +360,8 @@ def test_mamba_forward_and_gradients_equal_the_plain_path(ext, calls, monkeypatc
 
 def test_mamba_stream_and_step_equal_the_plain_path(ext, calls, monkeypatch):
     """Chunks of 10 then token by token, with holes: the compiled path's outputs and final state equal the plain
-    path's, and the steps went through the one-token kernel."""
-    update = calls("state_update")
+    path's, and each step was one call of the whole block's kernel."""
+    update = calls("block_step")
     torch.manual_seed(1)
     mixer = build("mamba", 16, d_state=4, chunk_size=8).double().eval()
     x, mask = _mamba_inputs(seed=1)
@@ -376,3 +379,81 @@ def test_mamba_stream_and_step_equal_the_plain_path(ext, calls, monkeypatch):
     assert len(update) == 14
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+# -------------------------------------------------------------------------------------------- the block's token step
+
+
+def _block_step_inputs(dtype: torch.dtype, *, biases: bool, seed: int = 0, batch: int = 3, d_model: int = 8,
+                       e: int = 12, n: int = 5, rank: int = 3, width: int = 4):
+    """u_t, conv_state, state, MambaStepWeights (A < 0; biases on every projection or only dt_proj's)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.5):
+        return scale * torch.randn(*shape, generator=g, dtype=dtype)
+    weights = MambaStepWeights(
+        rand(2 * e, d_model), rand(2 * e) if biases else None, rand(e, width), rand(e) if biases else None,
+        rand(rank + 2 * n, e), rand(e, rank), rand(e), -torch.rand(e, n, generator=g, dtype=dtype) - 0.1,
+        rand(e) if biases else None, rand(d_model, e), rand(d_model) if biases else None)
+    return rand(batch, d_model, scale=1.0), rand(batch, e, width - 1), rand(batch, e, n), weights
+
+
+@pytest.mark.parametrize(("dtype", "biases"), [(F64, True), (F64, False), (F32, True)])
+def test_block_step_equals_the_composition(ext, calls, monkeypatch, dtype, biases):
+    """One compiled call equals the composition of the ops (kernels off) in outputs and both states; a masked row
+    keeps both states bit for bit and outputs 0; the arguments are not modified."""
+    fused = calls("block_step")
+    u_t, conv_state, state, weights = _block_step_inputs(dtype, biases=biases)
+    mask_t = torch.tensor([True, False, True])
+    before = [t.clone() for t in (u_t, conv_state, state)]
+    results = []
+    with torch.no_grad():
+        for mode in ("auto", "off"):
+            monkeypatch.setenv(kernels.KERNELS_ENV, mode)
+            results.append(mamba_block_step(u_t, conv_state, state, weights, mask_t))
+    assert fused == ["block_step"]
+    tol = {"atol": 1e-12, "rtol": 1e-10} if dtype == F64 else {"atol": 2e-6, "rtol": 2e-5}
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    y, new_conv, new_state = results[0]
+    assert (y[1] == 0).all() and torch.equal(new_conv[1], conv_state[1]) and torch.equal(new_state[1], state[1])
+    assert all(torch.equal(a, b) for a, b in zip(before, (u_t, conv_state, state), strict=True))
+
+
+def test_block_step_under_autograd_or_mixed_dtypes_runs_the_composition(ext, calls):
+    """Under autograd the op is the composition (gradients reach the weights); a float32 state with float64 weights
+    is not the kernel's either (it returns None and the composition runs)."""
+    fused = calls("block_step")
+    u_t, conv_state, state, weights = _block_step_inputs(F64, biases=True)
+    leaf = weights.in_proj_weight.clone().requires_grad_()
+    y, _, _ = mamba_block_step(u_t, conv_state, state, weights._replace(in_proj_weight=leaf))
+    y.sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    with torch.no_grad():
+        mixed = mamba_block_step(u_t, conv_state, state.float(), weights)
+    assert len(fused) == 1  # the mixed call reached the kernel, which declined
+    assert mixed[2].dtype == F64  # the composition promotes the state to the compute dtype
+
+
+@pytest.mark.parametrize("kernels_mode", ["auto", "off"])
+def test_block_step_names_a_wrong_shape(ext, monkeypatch, kernels_mode):
+    monkeypatch.setenv(kernels.KERNELS_ENV, kernels_mode)
+    u_t, conv_state, state, weights = _block_step_inputs(F64, biases=True)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"mamba_block_step: D must have shape \(12,\)"):
+        mamba_block_step(u_t, conv_state, state, weights._replace(D=weights.D[:5]))
+    with torch.no_grad(), pytest.raises(ValueError, match="mamba_block_step: conv_state must have shape"):
+        mamba_block_step(u_t, conv_state[:, :, :2], state, weights)
+    with torch.no_grad(), pytest.raises(ValueError, match="mamba_block_step: mask_t must be bool"):
+        mamba_block_step(u_t, conv_state, state, weights, torch.ones(2, dtype=torch.bool))
+
+
+def test_block_step_does_not_depend_on_the_thread_count(ext, threads):
+    """Big enough for the update to run threaded: bit for bit the same on 1 and 2 threads."""
+    u_t, conv_state, state, weights = _block_step_inputs(F32, biases=True, batch=2, d_model=64, e=2048, n=16)
+    results = []
+    for count in (1, 2):
+        threads(count)
+        with torch.no_grad():
+            results.append(mamba_block_step(u_t, conv_state, state, weights))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

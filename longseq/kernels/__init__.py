@@ -1,9 +1,10 @@
 """Compiled CPU kernels: built on first use with the system's C++ compiler, cached on disk, optional.
 
-``load(name)`` compiles ``csrc/<name>.cpp`` through PyTorch's ``torch.utils.cpp_extension`` (OpenMP, -O3) into a
-cache directory keyed by the source's hash, the torch version, the Python version and the machine, so a build is
-reused across processes (torch's file lock serialises concurrent first builds) and rebuilt when any of them
-changes. When kernels are switched off (``LONGSEQ_KERNELS=off``), no compiler is present or a build fails,
+``load(name)`` compiles ``csrc/<name>.cpp`` (which may include the shared headers ``csrc/*.h``) through PyTorch's
+``torch.utils.cpp_extension`` (OpenMP, -O3) into a cache directory keyed by the hash of the source and the headers,
+the torch version, the Python version and the machine, so a build is reused across processes (torch's file lock
+serialises concurrent first builds) and rebuilt when any of them changes. When kernels are switched off
+(``LONGSEQ_KERNELS=off``), no compiler is present or a build fails,
 ``load`` returns None: the caller runs its plain PyTorch path, and a single notice per process says why. Which path
 runs is recorded with every benchmark row and training run (``kernel_status()``, in the provenance).
 
@@ -36,8 +37,14 @@ _loaded: dict[str, str] = {}  # kernel name -> "compiled"
 
 
 def enabled() -> bool:
-    """Whether compiled kernels may be used (``LONGSEQ_KERNELS`` is not ``off``)."""
-    value = os.environ.get(KERNELS_ENV, "auto").strip().lower()
+    """Whether compiled kernels may be used (``LONGSEQ_KERNELS`` is not ``off``). Read on every call (a test or a
+    benchmark switches it within a process), parsed once per value: decoding asks once per token."""
+    return _parse_switch(os.environ.get(KERNELS_ENV, "auto"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_switch(raw: str) -> bool:
+    value = raw.strip().lower()
     if value not in ("auto", "off", "on"):
         raise ValueError(f"{KERNELS_ENV}={value!r}: allowed: auto, on (the same), off")
     return value != "off"
@@ -64,8 +71,10 @@ def _build(name: str) -> ModuleType | None:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return _fallback(name, f"no C++ compiler ({compiler!r} not found on PATH)")
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(_CFLAGS).encode(), torch.__version__.encode(),
-                                     sys.version.encode(), platform.machine().encode(), _cpu_flags()]))
+    headers = [h.read_bytes() for h in sorted(SOURCES.glob("*.h"))]  # shared by the sources: part of each build
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, " ".join(_CFLAGS).encode(),
+                                     torch.__version__.encode(), sys.version.encode(), platform.machine().encode(),
+                                     _cpu_flags()]))
     directory = cache_root() / f"{name}-{key.hexdigest()[:16]}"
     directory.mkdir(parents=True, exist_ok=True)
     try:

@@ -102,3 +102,19 @@ def state_update(ext: ModuleType, state: Tensor, x: Tensor, dt: Tensor, A: Tenso
     (B, G, N), D: (D,) -> y: (B, D) and the new state (B, D, N), both new tensors in ``dtype``. Forward only
     (``extension_for(needs_backward=False)``)."""
     return ext.state_update(state, x, dt, A, B, C, D, z, dtype)
+
+
+def block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, weights: tuple[Tensor | None, ...],
+               mask_t: Tensor | None) -> list[Tensor] | None:
+    """``longseq.ops.selective_scan.mamba_block_step`` (arguments checked by the op; ``weights`` a
+    ``MambaStepWeights``) in one C++ call -> [y, new conv state, new state]; None when it does not apply: kernels
+    off or unavailable, autograd recording, autocast on, or tensors not all on the CPU in one dtype, float32 or
+    float64 (that last check is the C++ side's, where it costs less per token)."""
+    if torch.is_autocast_enabled("cpu"):
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u_t, conv_state, state, *weights)):
+        return None
+    ext = load(NAME)
+    if ext is None:
+        return None
+    return ext.block_step(u_t, conv_state, state, *weights, mask_t)

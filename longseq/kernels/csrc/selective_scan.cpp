@@ -38,6 +38,8 @@
 #include <optional>
 #include <vector>
 
+#include "vector.h"
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -92,6 +94,20 @@ inline T fast_exp(T x) {
   T scale;
   std::memcpy(&scale, &bits, sizeof(T));
   return underflow ? T(0) : p * scale;
+}
+
+// softplus(v) = log(1 + e^v) with torch's threshold (v itself above 20), in a form the compiler vectorizes:
+// max(v, 0) + log1p(e^-|v|), log1p(t) = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...) with s = t / (2 + t) <= 1/3
+// (terms to s^13 for float, s^33 for double: the rest is under an ulp).
+template <typename T>
+inline T fast_softplus(T v) {
+  constexpr int terms = sizeof(T) == 4 ? 7 : 17;
+  const T t = fast_exp(v < T(0) ? v : -v);
+  const T s = t / (T(2) + t), s2 = s * s;
+  T p = T(1) / T(2 * terms - 1);
+  for (int k = terms - 2; k >= 0; --k) p = p * s2 + T(1) / T(2 * k + 1);
+  const T r = (v > T(0) ? v : T(0)) + T(2) * s * p;
+  return v > T(20) ? v : r;
 }
 
 template <typename T>
@@ -399,9 +415,11 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& dt, 
 
 // Vectorized over n, one channel after the other: the state's rows are used as stored, where tiles would transpose
 // them, which per token costs more than the arithmetic. Then the skip and the gate, vectorized over channels.
+// x, dt, y: (B, D) contiguous; B and C rows of (G, N) at bc_stride per batch row; z rows at z_stride.
 template <typename T>
-void update_impl(const T* state, const T* x, const T* dt, const T* A, const T* Bg, const T* Cg, const T* Dv,
-                 const T* z, int64_t batch, int64_t channels, int64_t N, int64_t groups, T* y, T* out) {
+void update_impl(const T* state, const T* x, const T* dt, const T* A, const T* Bg, const T* Cg, int64_t bc_stride,
+                 const T* Dv, const T* z, int64_t z_stride, int64_t batch, int64_t channels, int64_t N,
+                 int64_t groups, T* y, T* out) {
   const int64_t items = batch * channels, per_group = channels / groups;
   const bool parallel = items * N >= (1 << 16);  // one token is little work: threads only when there is enough
 #pragma omp parallel num_threads(at::get_num_threads()) if (parallel)
@@ -411,28 +429,29 @@ void update_impl(const T* state, const T* x, const T* dt, const T* A, const T* B
     const int64_t first = items * id / threads, end = items * (id + 1) / threads;
     int64_t b = first / channels, d = first % channels;
     for (int64_t item = first; item < end; ++item, d = d + 1 == channels ? 0 : d + 1, b += d == 0) {
-      const int64_t row = (b * groups + (groups == 1 ? 0 : d / per_group)) * N;
+      const int64_t row = b * bc_stride + (groups == 1 ? 0 : d / per_group) * N;
       const T step = dt[item], du = step * x[item];
       const T* __restrict__ Ar = A + d * N;
       const T* __restrict__ h = state + item * N;
       const T* __restrict__ Bn = Bg + row;
       const T* __restrict__ Cn = Cg + row;
       T* __restrict__ hn = out + item * N;
-      T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-      for (int64_t n = 0; n < N; ++n) {
-        const T v = fast_exp(step * Ar[n]) * h[n] + du * Bn[n];
-        hn[n] = v;
-        acc += Cn[n] * v;
+      if (N == 16) {  // Mamba's default: a loop of known length, unrolled into whole vectors with no remainder
+#pragma omp simd
+        for (int64_t n = 0; n < 16; ++n) hn[n] = fast_exp(step * Ar[n]) * h[n] + du * Bn[n];
+      } else {
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) hn[n] = fast_exp(step * Ar[n]) * h[n] + du * Bn[n];
       }
-      y[item] = acc;
+      y[item] = longseq::dot(Cn, hn, N);  // hn is in L1: a second pass costs less than a simd reduction's epilogue
     }
     for (int64_t b0 = first - first % channels; b0 < end; b0 += channels) {
       const int64_t lo = std::max(first, b0), hi = std::min(end, b0 + channels);
+      const T* zb = z ? z + (b0 / channels) * z_stride - b0 : nullptr;  // zb[item]: this row's z
 #pragma omp simd
       for (int64_t item = lo; item < hi; ++item) {
         const T pre = y[item] + (Dv ? Dv[item - b0] * x[item] : T(0));
-        y[item] = z ? pre * (z[item] * sigmoid(z[item])) : pre;
+        y[item] = zb ? pre * (zb[item] * sigmoid(zb[item])) : pre;
       }
     }
   }
@@ -458,11 +477,140 @@ std::vector<at::Tensor> state_update(const at::Tensor& state, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "selective_state_update", [&] {
     using T = scalar_t;
     update_impl<T>(s.data_ptr<T>(), x_.data_ptr<T>(), dt_.data_ptr<T>(), A_.data_ptr<T>(), B_.data_ptr<T>(),
-                   C_.data_ptr<T>(), Dv.has_value() ? D_.data_ptr<T>() : nullptr,
-                   z.has_value() ? z_.data_ptr<T>() : nullptr, batch, channels, N, groups, y.data_ptr<T>(),
-                   out.data_ptr<T>());
+                   C_.data_ptr<T>(), groups * N, Dv.has_value() ? D_.data_ptr<T>() : nullptr,
+                   z.has_value() ? z_.data_ptr<T>() : nullptr, channels, batch, channels, N, groups,
+                   y.data_ptr<T>(), out.data_ptr<T>());
   });
   return {y, out};
+}
+
+// Mamba's whole token update for decoding, projections included, one call per token (the Python composition costs
+// more in dispatch than in arithmetic at this size): for each batch row,
+//     x | z = in_proj(u);  x = silu(conv(window, x));  dt | B | C = x_proj(x);  delta = softplus(dt_proj(dt))
+//     h = exp(delta A) h + delta x B;  y = out_proj((C . h + D x) silu(z))
+// A masked row keeps both states (conv output 0 and delta 0, as the composition) and outputs 0. The projections are
+// vector.h's linear_rows: one token's weights are read once, over torch's threads (a BLAS GEMM with one row runs on
+// one thread, and at d_model 256 the weights are most of a step's time). u: (B, d_model); window: (B, E, W-1);
+// state: (B, E, N); in_w: (2E, d_model), conv_w: (E, W), xproj_w: (R + 2N, E), dtproj_w: (E, R), A: (E, N), D, conv_b,
+// dtproj_b: (E,), out_w: (d_model, E); mask: bool (B,). Returns y: (B, d_model), the new window and the new state
+// (new tensors: the arguments are not modified); None unless every tensor is on the CPU in one dtype, float32 or
+// float64 (the caller then runs its composition).
+template <typename T>
+void conv_step(const T* xz, const T* window, const T* w, const T* bias, const bool* mask, int64_t batch,
+               int64_t channels, int64_t width, T* xc, T* new_window) {
+  const int64_t K = width - 1;
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool valid = !mask || mask[b];
+    T* out = xc + b * channels;
+    for (int64_t e = 0; e < channels; ++e) {
+      const T* win = window + (b * channels + e) * K;
+      const T* we = w + e * width;
+      const T input = xz[b * 2 * channels + e];
+      T sum = bias ? bias[e] : T(0);
+      for (int64_t i = 0; i < K; ++i) sum += we[i] * win[i];
+      out[e] = sum + we[K] * input;
+      T* nw = new_window + (b * channels + e) * K;
+      if (valid && K > 0) {
+        std::copy(win + 1, win + K, nw);
+        nw[K - 1] = input;
+      } else {
+        std::copy(win, win + K, nw);
+      }
+    }
+    if (!valid) {  // a masked token is skipped: output 0
+      std::fill(out, out + channels, T(0));
+      continue;
+    }
+#pragma omp simd
+    for (int64_t e = 0; e < channels; ++e) out[e] = out[e] / (T(1) + fast_exp(-out[e]));  // silu, vectorized
+  }
+}
+
+// delta: (B, E) <- softplus(delta), 0 on a masked row (a masked token has no step).
+template <typename T>
+void softplus_rows(T* delta, const bool* mask, int64_t batch, int64_t E) {
+  for (int64_t b = 0; b < batch; ++b) {
+    T* row = delta + b * E;
+    if (mask && !mask[b]) {
+      std::fill(row, row + E, T(0));
+      continue;
+    }
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) row[e] = fast_softplus(row[e]);
+  }
+}
+
+std::optional<std::vector<at::Tensor>> block_step(const at::Tensor& u, const at::Tensor& window, const at::Tensor& state,
+                                   const at::Tensor& in_w, const std::optional<at::Tensor>& in_b,
+                                   const at::Tensor& conv_w, const std::optional<at::Tensor>& conv_b,
+                                   const at::Tensor& xproj_w, const at::Tensor& dtproj_w, const at::Tensor& dtproj_b,
+                                   const at::Tensor& A, const std::optional<at::Tensor>& Dv, const at::Tensor& out_w,
+                                   const std::optional<at::Tensor>& out_b, const std::optional<at::Tensor>& mask) {
+  // Anything but one float dtype on the CPU is the caller's plain path (None), not an error.
+  const auto dtype = u.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
+  for (const auto& t : {window, state, in_w, conv_w, xproj_w, dtproj_w, dtproj_b, A, out_w})
+    if (!t.device().is_cpu() || t.scalar_type() != dtype) return std::nullopt;
+  for (const auto& t : present({in_b, conv_b, Dv, out_b}))
+    if (!t.device().is_cpu() || t.scalar_type() != dtype) return std::nullopt;
+  if (!u.device().is_cpu() || (mask.has_value() && !mask->device().is_cpu())) return std::nullopt;
+  TORCH_CHECK(u.dim() == 2 && window.dim() == 3 && state.dim() == 3 && in_w.dim() == 2 && conv_w.dim() == 2 &&
+                  xproj_w.dim() == 2 && dtproj_w.dim() == 2 && A.dim() == 2 && out_w.dim() == 2,
+              "mamba block_step kernel: unexpected dimensions");
+  const int64_t batch = u.size(0), E = A.size(0), N = A.size(1), R = dtproj_w.size(1), W = conv_w.size(1);
+  TORCH_CHECK(u.dim() == 2 && in_w.size(0) == 2 * E && conv_w.size(0) == E && window.sizes() ==
+                  at::IntArrayRef({batch, E, W - 1}) && state.sizes() == at::IntArrayRef({batch, E, N}) &&
+                  xproj_w.sizes() == at::IntArrayRef({R + 2 * N, E}) && dtproj_w.size(0) == E && out_w.size(1) == E,
+              "mamba block_step kernel: inconsistent shapes");
+  TORCH_CHECK(!mask.has_value() || (mask->scalar_type() == at::kBool && mask->sizes() == at::IntArrayRef({batch})),
+              "mamba block_step kernel: mask must be bool (B,)");
+  const auto vector_of = [](const std::optional<at::Tensor>& t, int64_t n) {
+    return !t.has_value() || t->sizes() == at::IntArrayRef({n});
+  };
+  TORCH_CHECK(u.size(1) == in_w.size(1) && vector_of(in_b, 2 * E) && vector_of(conv_b, E) && vector_of(Dv, E) &&
+                  vector_of(dtproj_b, E) && vector_of(out_b, out_w.size(0)),
+              "mamba block_step kernel: inconsistent shapes");
+  // The tensors read through pointers, dense (no copy when they already are: the usual case).
+  const auto window_c = window.contiguous(), state_c = state.contiguous(), conv_w_c = conv_w.contiguous(),
+             A_c = A.contiguous();
+  const auto dense = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+  };
+  const auto conv_b_c = dense(conv_b), D_c = dense(Dv), mask_c = dense(mask);
+  const bool* m = mask_c.has_value() ? mask_c->data_ptr<bool>() : nullptr;
+  const auto in_w_c = in_w.contiguous(), xproj_w_c = xproj_w.contiguous(), dtproj_w_c = dtproj_w.contiguous(),
+             out_w_c = out_w.contiguous(), u_c = u.contiguous();
+  const auto in_b_c = dense(in_b), out_b_c = dense(out_b);
+  const auto dtproj_b_c = dtproj_b.contiguous();
+  const int64_t d_model = u.size(1), d_out = out_w.size(0);
+  // One scratch allocation per token: x | z (2E), x after the conv (E), dt | B | C (R + 2N), delta (E), y (E).
+  const int64_t row = 5 * E + R + 2 * N;
+  auto scratch = at::empty({batch, row}, u.options());
+  auto out = at::empty({batch, d_out}, u.options());
+  auto new_window = at::empty_like(window_c);
+  auto new_state = at::empty_like(state_c);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_block_step", [&] {
+    using T = scalar_t;
+    using longseq::linear_rows;
+    T* const xz_p = scratch.data_ptr<T>();
+    T *const xc_p = xz_p + batch * 2 * E, *const dbc_p = xc_p + batch * E, *const dl = dbc_p + batch * (R + 2 * N),
+             *const y_p = dl + batch * E;
+    linear_rows<T>(in_w_c.data_ptr<T>(), data_or_null<T>(in_b_c), 2 * E, d_model, u_c.data_ptr<T>(), d_model, batch,
+                   xz_p, 2 * E);
+    conv_step<T>(xz_p, window_c.data_ptr<T>(), conv_w_c.data_ptr<T>(), data_or_null<T>(conv_b_c), m, batch, E, W,
+                 xc_p, new_window.data_ptr<T>());
+    linear_rows<T>(xproj_w_c.data_ptr<T>(), nullptr, R + 2 * N, E, xc_p, E, batch, dbc_p, R + 2 * N);
+    linear_rows<T>(dtproj_w_c.data_ptr<T>(), dtproj_b_c.data_ptr<T>(), E, R, dbc_p, R + 2 * N, batch, dl, E);
+    softplus_rows<T>(dl, m, batch, E);
+    update_impl<T>(state_c.data_ptr<T>(), xc_p, dl, A_c.data_ptr<T>(), dbc_p + R, dbc_p + R + N, R + 2 * N,
+                   data_or_null<T>(D_c), xz_p + E, 2 * E, batch, E, N, 1, y_p, new_state.data_ptr<T>());
+    T* out_p = out.data_ptr<T>();
+    linear_rows<T>(out_w_c.data_ptr<T>(), data_or_null<T>(out_b_c), d_out, E, y_p, E, batch, out_p, d_out);
+    if (m)
+      for (int64_t b = 0; b < batch; ++b)
+        if (!m[b]) std::fill(out_p + b * d_out, out_p + (b + 1) * d_out, T(0));
+  });
+  return std::vector<at::Tensor>{out, new_window, new_state};
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -734,5 +882,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_forward", &scan_forward, "selective scan forward");
   m.def("scan_backward", &scan_backward, "selective scan backward");
   m.def("state_update", &state_update, "one token of decoding");
+  m.def("block_step", &block_step, "one token of a whole Mamba block (decoding)");
   m.def("exp", &exp_, "the kernels' exp, elementwise");
 }
