@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -103,11 +104,18 @@ def list_cmd(
     console.print(tasks)
 
 
-@app.command("data")
+data_app = typer.Typer()
+app.add_typer(data_app, name="data")
+
+
+@data_app.callback(invoke_without_command=True)
 @cli_errors
-def data_cmd() -> None:
+def data_cmd(ctx: typer.Context) -> None:
     """List the offline datasets the real-data tasks read: what each is and stands in for, whether it is present
-    (and where), its license, and the exact command that installs a missing one. Nothing is downloaded at run time."""
+    (and where), its license, and the exact command that installs a missing one; then the caches of generated
+    examples. Nothing is downloaded at run time."""
+    if ctx.invoked_subcommand is not None:
+        return
     from longseq.data import DATASETS, dataset_status
 
     table = Table(title="datasets")
@@ -126,6 +134,86 @@ def data_cmd() -> None:
         console.print(f"install {entry.name}: {entry.install_command()}", markup=False, soft_wrap=True)
     console.print("A dataset elsewhere: set LONGSEQ_DATA_<NAME> (e.g. LONGSEQ_DATA_FASHION_MNIST=DIR) or the task "
                   "parameter paths={NAME: DIR}.", markup=False, soft_wrap=True)
+    _print_example_caches()
+
+
+def _print_example_caches() -> None:
+    """The Pathfinder cache entries (manifests only: listing verifies nothing)."""
+    from longseq.tasks.example_cache import CACHE_ENV, cache_root, list_entries
+    from longseq.tasks.pathfinder import GENERATOR_VERSION
+
+    folder = cache_root() / "pathfinder"
+    entries = list_entries("pathfinder")
+    if not entries:
+        console.print(f"pathfinder cache: no entry in {folder} (`longseq data cache-pathfinder` builds one; root: "
+                      f"${CACHE_ENV} or ~/.cache/longseq)", markup=False, soft_wrap=True)
+        return
+    table = Table(title=f"pathfinder cache ({folder})")
+    for col in ("entry", "split", "seed", "examples", "size", "status"):
+        table.add_column(col, overflow="fold")
+    for entry in entries:
+        manifest = entry.manifest or {}
+        version = manifest.get("generator_version")
+        status = ("unreadable manifest" if entry.manifest is None else "current version" if version == GENERATOR_VERSION
+                  else f"ignored: generator version {version}, current {GENERATOR_VERSION}")
+        table.add_row(escape(entry.path.name), str(manifest.get("split", "-")), str(manifest.get("seed", "-")),
+                      f"{manifest.get('count', 0):,}", f"{entry.size_bytes / 2**20:,.1f} MiB", escape(status))
+    console.print(table)
+
+
+@data_app.command("cache-pathfinder")
+@cli_errors
+def data_cache_pathfinder(
+    count: Annotated[int, typer.Option(help="Examples the entry holds: 0 .. COUNT-1 of the split. An entry holding "
+                                       "fewer is extended, one of another generator version rebuilt.")],
+    size: Annotated[int, typer.Option(help="Image size: 32, 64, or 128 (Path-X).")] = 128,
+    difficulty: Annotated[str, typer.Option(help="easy, intermediate or hard (LRA's).")] = "hard",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "train",
+    seed: Annotated[int, typer.Option(help="The task's seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: the CPUs available).")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Discard the existing entry and start over.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Pre-generate Pathfinder / Path-X examples into the disk cache ($LONGSEQ_CACHE_DIR/pathfinder, default
+    ~/.cache/longseq/pathfinder), which the pathfinder task then reads: the same examples, without generating them.
+    A killed build resumes from its last commit."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from longseq.tasks import build_task
+    from longseq.tasks.example_cache import build_entry
+
+    task = build_task("pathfinder", size=size, difficulty=difficulty, seed=seed)  # validates, naming the values
+    spec = task.cache_spec(split)
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, disable=not progress)
+    job = bar.add_task(f"pathfinder {size}px {difficulty} {split}", total=None)
+
+    def show(done: int, total: int) -> None:
+        bar.start()  # on the first call only (a no-op after): an entry that holds enough shows no bar
+        bar.update(job, completed=done, total=total)
+
+    try:
+        report = build_entry(spec, count, workers=workers, rebuild=rebuild, on_progress=show)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    made = report.count - report.before
+    if made == 0:
+        console.print(f"the entry already holds {report.before:,} examples (>= {count:,}): {report.path}",
+                      markup=False, soft_wrap=True)
+        return
+    console.print(f"generated {made:,} examples in {report.seconds:.1f} s with {workers} worker(s): "
+                  f"{made / report.seconds:.2f} examples/s, {1e3 * report.seconds / made:.1f} ms an example "
+                  f"(wall time, worker start-up included)", markup=False, soft_wrap=True)
+    console.print(f"the entry holds {report.count:,} examples: {report.path}", markup=False, soft_wrap=True)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:

@@ -3,7 +3,8 @@ default of two threads each oversubscribe them; small kernels (a float64 depthwi
 hundreds of milliseconds instead of a tenth of one. Tests that need a thread count set their own.
 
 Real-data tasks (sfmnist, bytetext, dna_*) read tiny sample copies of their datasets, written in the real formats by
-``longseq.data.samples``: CI installs no dataset, and the registry-wide task checks must build every task."""
+``longseq.data.samples``: CI installs no dataset, and the registry-wide task checks must build every task. Example
+caches (Pathfinder's) live in a session folder."""
 
 import os
 
@@ -18,6 +19,8 @@ def _sample_datasets(tmp_path_factory):
     from longseq.data.samples import sample_environment
 
     env = sample_environment(tmp_path_factory.mktemp("datasets"))
+    # The example caches (Pathfinder) of this session only: a developer's ~/.cache/longseq is never read.
+    env["LONGSEQ_CACHE_DIR"] = str(tmp_path_factory.mktemp("example-cache"))
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     yield

@@ -30,7 +30,7 @@ def test_list_shows_mixers_and_tasks():
 
 def test_help_on_every_command():
     for cmd in ([], ["list"], ["train"], ["demo"], ["bench"], ["bench", "speed"], ["bench", "quality"], ["report"],
-                ["check"]):
+                ["check"], ["data"], ["data", "cache-pathfinder"]):
         r = run([*cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output
 

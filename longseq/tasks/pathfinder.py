@@ -65,7 +65,9 @@ Cost (one core): long snakes in a small image mostly run into the border, and ea
 in the original; a try costs about 0.5 ms. Measured CPU time per image (mean restarts): 32 px easy / intermediate
 / hard 1.7 / 2.2 / 7 ms (1 / 4 / 19); 64 px 4 / 16 / 170 ms (3 / 56 / 680); 128 px 9 / 10 / 150 ms (0.6 / 13 /
 460; at hard, margin 3 needs about 850 restarts, margin 2 about 90). So 32 px is cheap enough to generate batches
-on the fly; 64 and 128 px hard want a cache of pre-generated examples.
+on the fly; 64 and 128 px hard want a cache of pre-generated examples: ``longseq data cache-pathfinder`` writes one to
+disk (``tasks/example_cache.py``), which the task reads for the indices it holds, bit for bit what it would generate.
+``GENERATOR_VERSION`` identifies this code's output there: bump it with any change that changes an image.
 
 The registered task ``pathfinder`` (``Pathfinder``) is a classification task (``tasks/base.py``): ``inputs: (B,
 size * size)``, the pixel bytes as tokens (``vocab_size`` 256: LRA's and S4's "tokenize" input, not normalised
@@ -102,6 +104,7 @@ from longseq.tasks.base import (
     example_rng,
     register_task,
 )
+from longseq.tasks.example_cache import EntrySpec, cached_batch
 
 DIFFICULTIES: dict[str, int] = {"easy": 6, "intermediate": 9, "hard": 14}
 """Difficulty -> contour length (the original's ``curv_baseline``, ``curv_contour_length_9`` and ``_14``)."""
@@ -115,6 +118,10 @@ PRESETS: dict[int, dict] = {
               continuity=1.8, distractor_budget=35, snake_contrasts=(0.9,), paddle_contrasts=(1.0,)),
 }  # fmt: skip
 """Image size -> the LRA generation parameters that differ between sizes (padding 1, ``aa_scale`` 2 for all)."""
+
+GENERATOR_VERSION = 1
+"""The version of this generator's output, recorded with every cache entry: bump it with any change that changes an
+image or a label, so that entries built before are ignored (with a notice) rather than read."""
 
 MAX_RESTARTS = 100_000
 """Failed target-snake pairs tolerated per image before giving up (the original retries forever)."""
@@ -495,6 +502,28 @@ def pathfinder_batch(
     return torch.from_numpy(tokens), torch.from_numpy(labels)
 
 
+def pathfinder_cache_spec(size: int, difficulty: str, seed: int, split: str) -> EntrySpec:
+    """The disk-cache entry of ``split``'s examples at LRA's parameters for ``size`` and ``difficulty``."""
+    check_split(split, VAL_SPLITS)
+    return _cache_spec(pathfinder_config(size, difficulty), difficulty, seed, split, GENERATOR_VERSION)
+
+
+@functools.lru_cache(maxsize=32)  # one per (config, split) in use: a batch looks it up
+def _cache_spec(config: PathfinderConfig, difficulty: str, seed: int, split: str, version: int) -> EntrySpec:
+    return EntrySpec(
+        family="pathfinder",
+        label=f"{config.size}px-{difficulty}",
+        config=dataclasses.asdict(config),
+        seed=seed,
+        split=split,
+        version=version,
+        row_length=config.size * config.size,
+        generate=functools.partial(pathfinder_example, config, seed, split),
+        command=f"longseq data cache-pathfinder --size {config.size} --difficulty {difficulty} --split {split} "
+        f"--seed {seed}",
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The task
 
@@ -534,6 +563,12 @@ class Pathfinder(GeneratedClassification):
         self.seed = seed
 
     def batch(self, split: str, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
-        """``inputs: (B, size * size) int64`` pixel bytes and ``labels: (B,) int64`` (1: the markers are joined)."""
+        """``inputs: (B, size * size) int64`` pixel bytes and ``labels: (B,) int64`` (1: the markers are joined);
+        read from the disk cache for the indices its entry holds (``cache_spec``), generated otherwise."""
         rows = check_indices(split, indices, self.num_examples(split))
-        return pathfinder_batch(self.config, self.seed, split, rows)
+        generate = functools.partial(pathfinder_batch, self.config, self.seed, split)
+        return cached_batch(self.cache_spec(split), rows, generate)
+
+    def cache_spec(self, split: str) -> EntrySpec:
+        """The disk-cache entry of ``split`` (``tasks/example_cache.py``)."""
+        return pathfinder_cache_spec(self.size, self.difficulty, self.seed, split)
