@@ -250,6 +250,21 @@ def test_tiny_attention_run_records_ok_points(tmp_path):
         (r["mode"], r["seq_len"], r["status"], r["median_s"]) for r in rows]
 
 
+def test_a_row_records_the_kernels_its_measuring_child_ran(monkeypatch):
+    """The parent never builds a kernel; each row carries the status of the child that measured it, after it ran:
+    "compiled" for the mamba kernel a decode point used, the plain path's reason with LONGSEQ_KERNELS=off."""
+    from longseq import kernels
+
+    monkeypatch.setenv(kernels.KERNELS_ENV, "auto")
+    if kernels.load("selective_scan") is None:
+        pytest.skip("the selective_scan kernel cannot be built here")
+    row, = run_speed_bench(["mamba[d_state=4]"], lengths=[16], modes=["decode"], **TINY)
+    assert row["status"] == "ok" and row["provenance"]["kernels"]["selective_scan"] == "compiled"
+    monkeypatch.setenv(kernels.KERNELS_ENV, "off")
+    row, = run_speed_bench(["mamba[d_state=4]"], lengths=[16], modes=["decode"], **TINY)
+    assert row["provenance"]["kernels"] == {"all": "pytorch: LONGSEQ_KERNELS=off"}
+
+
 def test_modes_and_patterns_without_a_form_are_not_run():
     rows = run_speed_bench(["attention[n_heads=2]"], patterns=["noncausal_self"], lengths=[32],
                            modes=["fwd", "fwd_train", "prefill", "decode"], **TINY)

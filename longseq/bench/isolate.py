@@ -193,8 +193,11 @@ def _measure(job: PointJob, seq_len: int) -> dict[str, Any]:
         state_floats = prefill_floats[0]
     median, iqr = median_and_iqr(times)
     tokens = job.batch if job.mode == "decode" else job.batch * seq_len
+    from longseq.kernels import kernel_status
+
     return {
         "status": "ok",
+        "kernels": kernel_status(),  # after the point ran: which kernels this child built and used
         "median_s": median,
         "iqr_s": iqr,
         "repeats": len(times),

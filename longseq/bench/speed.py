@@ -297,7 +297,9 @@ class _Recorder:
             **self.shape,
             "status": status,
             **{key: fields.get(key) for key in _MEASURED_KEYS},
-            "provenance": {**self.provenance, **({"threads": threads} if threads is not None else {})},
+            "provenance": {**self.provenance, **({"threads": threads} if threads is not None else {}),
+                           # the measuring child's kernel status (the parent never builds one): "compiled" where used
+                           **({"kernels": fields["kernels"]} if fields.get("kernels") else {})},
         }
         self.rows.append(row)
         if self.store is not None:
