@@ -6,13 +6,15 @@ compiled path equal to the plain path. Skipped when the kernel cannot be built h
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from longseq import kernels
 from longseq.kernels import recurrence
 from longseq.mixers import build
-from longseq.ops.lti_recurrence import lti_block_step, lti_scan, lti_step
+from longseq.ops.lti_recurrence import LTIBlockStep, lti_block_step, lti_scan, lti_step
 from longseq.ops.short_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from longseq.ops.ssd import COMPILED_SCAN_TOKENS, ssd_block_step, ssd_chunked, ssd_ref, ssd_state_update
 from longseq.testing.oracle import assert_same_function
@@ -120,6 +122,44 @@ def test_lti_step_and_block_step_match_the_plain_path(both, calls, dtype):
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, **TOL[dtype])
         assert (got[0][1] == 0).all() and torch.equal(got[1][1], x0[1])  # the masked row
+
+
+@pytest.mark.parametrize("dtype", [C128, F64, C64, F32])
+def test_bound_block_step_is_the_op_bit_for_bit(both, calls, dtype):
+    """``LTIBlockStep`` (parameters bound once; a complex state also as its real view) against ``lti_block_step`` on
+    the same arguments, on each path; the compiled path makes one call per token."""
+    u, x0, dA, dB, C = (t.detach() for t in _lti_inputs(dtype, length=1))
+    u_t, real, g = u[..., 0], u.dtype, torch.Generator().manual_seed(7)
+    D, weight, bias = (torch.randn(*s, generator=g, dtype=real) for s in ((3,), (6, 3), (6,)))
+    mask_t = torch.tensor([True, False, True])
+    for output, view in itertools.product(("none", "silu", "glu"), (False, True) if dtype.is_complex else (False,)):
+        step = LTIBlockStep(dA, dB, C, D, output=output, weight=weight, bias=bias)
+
+        def run(output=output, view=view, step=step):
+            y, new = step(torch.view_as_real(x0) if view else x0, u_t, mask_t)
+            return [y, torch.view_as_complex(new) if view else new,
+                    *lti_block_step(x0, u_t, dA, dB, C, D, mask_t, output=output, weight=weight, bias=bias)]
+        seen = calls("lti_block_step")
+        with torch.no_grad():
+            compiled, plain = both(run)
+        assert seen == ["lti_block_step"] * 2
+        for y, new, y_op, new_op in (compiled, plain):
+            assert torch.equal(y, y_op) and torch.equal(new, new_op)
+
+
+@pytest.mark.parametrize("dtype", [C64, C128])
+@pytest.mark.parametrize("modes", [3, 4, 7, 9])
+def test_complex_modes_round_as_the_formula(ext, dtype, modes):
+    """Each mode's update, also in a partial last vector (modes not a multiple of a vector's pairs), rounds every
+    operation once: re' = (a_re x_re - a_im x_im) + b_re u, im' = (a_re x_im + a_im x_re) + b_im u, as PyTorch's
+    element-wise ops compute it (a fused multiply-add, which GCC once generated there, rounds differently)."""
+    u, x0, dA, dB, C = (t.detach() for t in _lti_inputs(dtype, batch=2, heads=3, modes=modes, length=1))
+    (xr, xi), (ar, ai), (br, bi) = (x0.real, x0.imag), (dA.real, dA.imag), (dB.real, dB.imag)
+    ut = u[..., :1]
+    want = torch.complex((ar * xr - ai * xi) + br * ut, (ar * xi + ai * xr) + bi * ut)
+    _, scanned = ext.lti_scan_forward(u, x0, dA, dB, C, None)
+    _, stepped = ext.lti_block_step(x0, u[..., 0], dA, dB, C, torch.zeros(3, dtype=u.dtype), None, 0, None, None)
+    assert torch.equal(scanned, want) and torch.equal(stepped, want)
 
 
 # ------------------------------------------------------------------------------------------------ SSD

@@ -9,7 +9,8 @@ which recomputes the forward's states from checkpoints every 64 tokens instead o
 The fused decode steps (``lti_block_step``, ``ssd_block_step``) run outside autograd only: under autograd their ops
 run the composition of the ops above, each with its compiled backward.
 
-Complex states and parameters (S4D) are passed as they are (C++ reads them as interleaved (re, im) pairs);
+Complex states and parameters (S4D) are passed as they are (C++ reads them as interleaved (re, im) pairs), or, to
+the fused LTI step, as their real views (..., M, 2), the layout states are stored in (``BoundLTIBlockStep``);
 gradients follow PyTorch's convention for complex tensors (dL/dRe + i dL/dIm).
 """
 
@@ -178,17 +179,53 @@ def lti_block_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D:
                    output: str, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor] | None:
     """``longseq.ops.lti_recurrence.lti_block_step`` (shapes checked by the op) in one call; None under autograd,
     for a dense dA, or unless x, dA, dB, C share one dtype whose real counterpart u_t, D, weight and bias have."""
-    real = REAL_OF.get(x.dtype)
-    if real is None or dA.dim() != 2 or not _one_dtype(x.dtype, dA, dB, C) or not _one_dtype(real, u_t, D, weight,
-                                                                                                bias):
-        return None
-    if _tracked(x, u_t, dA, dB, C, D, weight, bias):
-        return None
-    ext = extension(x, u_t, dA, dB, C, D, mask_t, weight, bias)
-    if ext is None:
-        return None
-    y, new = ext.lti_block_step(x, u_t, dA, dB, C, D, mask_t, LTI_OUTPUTS[output], weight, bias)
-    return y, new
+    bound = BoundLTIBlockStep.bind(dA, dB, C, D, output, weight, bias)
+    return None if bound is None else bound(x, u_t, mask_t)
+
+
+class BoundLTIBlockStep:
+    """``lti_block_step``'s compiled call with its parameters bound: decoding calls it once per token with the same
+    step matrices and output layer, so their dtypes and devices are checked once (``bind``) and a call checks only
+    the token's own tensors. Complex step matrices are bound as their real views (H, M, 2); a state may then be
+    passed as the real view (B, H, M, 2) that states store, and comes back in that form (no view as complex and back
+    per token). The extension is looked up on every call: ``LONGSEQ_KERNELS`` may change between calls."""
+
+    __slots__ = ("D", "bias", "dtype", "kind", "real", "steps", "weight")
+
+    def __init__(self, steps: list[Tensor], D: Tensor, kind: int, weight: Tensor | None, bias: Tensor | None,
+                 dtype: torch.dtype) -> None:
+        self.steps, self.D, self.kind, self.weight, self.bias = steps, D, kind, weight, bias
+        self.dtype, self.real = dtype, D.dtype  # the state's dtype (complex for complex modes), its real counterpart
+
+    @classmethod
+    def bind(cls, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor, output: str, weight: Tensor | None,
+             bias: Tensor | None) -> BoundLTIBlockStep | None:
+        """None when these parameters can never take the compiled path: a dense dA (S4), mixed dtypes, a tensor
+        off the CPU."""
+        real = REAL_OF.get(dA.dtype)
+        if (real is None or dA.dim() != 2 or not _one_dtype(dA.dtype, dB, C) or not _one_dtype(real, D, weight, bias)
+                or any(t is not None and not t.is_cpu for t in (dA, dB, C, D, weight, bias))):
+            return None
+        steps = [t.resolve_conj().contiguous() for t in (dA, dB, C)]  # as the kernel reads them, once
+        if dA.is_complex():
+            steps = [torch.view_as_real(t) for t in steps]
+        return cls(steps, D, LTI_OUTPUTS[output], weight, bias, dA.dtype)
+
+    def __call__(self, x: Tensor, u_t: Tensor, mask_t: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """x: (B, H, M) of the parameters' dtype or, for complex modes, its real view (B, H, M, 2); u_t: (B, H)
+        -> (out: (B, H), the new state in x's form); None under autograd, off the CPU or with kernels off."""
+        complex_state = x.is_complex()
+        if (x.dtype != (self.dtype if complex_state else self.real) or u_t.dtype != self.real
+                or not (x.is_cpu and u_t.is_cpu) or (mask_t is not None and not mask_t.is_cpu)):
+            return None
+        if torch.is_grad_enabled() and _tracked(x, u_t, *self.steps, self.D, self.weight, self.bias):
+            return None
+        ext = kernels.load(NAME)
+        if ext is None:
+            return None
+        state = torch.view_as_real(x.resolve_conj()) if complex_state else x
+        y, new = ext.lti_block_step(state, u_t, *self.steps, self.D, mask_t, self.kind, self.weight, self.bias)
+        return y, (torch.view_as_complex(new) if complex_state else new)
 
 
 def ssd_block_step(zxbcdt: Tensor, conv_state: Tensor, state: Tensor, *, conv_weight: Tensor,

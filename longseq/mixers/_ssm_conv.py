@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from longseq.mixers._kernel_conv import KernelConvMixer
 from longseq.modules.param_cache import ParamCache
-from longseq.ops.lti_recurrence import BlockOutput, lti_block_step, lti_scan
+from longseq.ops.lti_recurrence import BlockOutput, LTIBlockStep, lti_scan
 from longseq.state import State
 
 
@@ -31,18 +31,38 @@ class LTIState(State):
     length: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _DecodePlan:
+    """What a layer's stream and step modes derive from its parameters: the step matrices (dA, dB, C) and the
+    token update bound to them, D and the output layer (``finish``: the output layer is not one ``LTIBlockStep``
+    knows, and ``_step`` applies it)."""
+
+    recurrence: tuple[Tensor, Tensor, Tensor]
+    step: LTIBlockStep
+    finish: bool
+
+
 class SSMConvMixer(KernelConvMixer):
     """Base of S4, S4D and EMA; a subclass calls ``super().__init__`` then ``self.build_layer(make_ssm)``."""
 
     def build_layer(self, make_kernel: Callable[[], nn.Module], *, output: nn.Module | None = None) -> None:
         super().build_layer(make_kernel, output=output)
-        self._recurrence_cache: ParamCache[tuple[Tensor, Tensor, Tensor]] = ParamCache()
+        self._plan_cache: ParamCache[_DecodePlan] = ParamCache()
 
-    def _recurrence(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The step matrices of the causal SSM. Discretising S4's dense matrices costs far more than a step, so
-        outside autograd they are computed once and reused while the parameters are unchanged (``ParamCache``)."""
-        ssm = self.kernels[0]
-        return self._recurrence_cache.get(ssm.parameters(), ssm.recurrence)
+    def _plan(self) -> _DecodePlan:
+        """The layer's ``_DecodePlan``. Discretising S4's dense matrices costs far more than a step, and so, at
+        d_model 256, do the Python checks around one step: outside autograd the plan is made once and reused while
+        every parameter and submodule of the layer is unchanged (``ParamCache.get_for``: an optimizer step,
+        ``load_state_dict``, a cast or a replaced submodule makes a new one; a plain attribute such as the GELU's
+        ``approximate`` is read when the plan is made). Under autograd it is made on every call."""
+        return self._plan_cache.get_for(self, self._make_plan)
+
+    def _make_plan(self) -> _DecodePlan:
+        dA, dB, C = self.kernels[0].recurrence()
+        form = self._output_form()
+        output, weight, bias = ("none", None, None) if form is None else form
+        step = LTIBlockStep(dA, dB, C, self.D, output=output, weight=weight, bias=bias)
+        return _DecodePlan(recurrence=(dA, dB, C), step=step, finish=form is None)
 
     def _init_state(self, batch_size: int, *, context: Tensor | None, context_mask: Tensor | None,
                     max_len: int | None) -> State:
@@ -53,20 +73,19 @@ class SSMConvMixer(KernelConvMixer):
 
     def _forward_stream(self, x: Tensor, state: State, *, mask: Tensor | None) -> tuple[Tensor, State]:
         state = self._check_stream(state, LTIState, x.shape[1])
-        y, new = lti_scan(x.mT, _complex(state.x), *self._recurrence(), mask=mask)
+        y, new = lti_scan(x.mT, _complex(state.x), *self._plan().recurrence, mask=mask)
         return self._stream_output(y.mT, x, mask), LTIState(x=_real(new), length=state.length + x.shape[1])
 
     def _step(self, x_t: Tensor, state: State, *, mask_t: Tensor | None) -> tuple[Tensor, State]:
-        """One op for the recurrence, the skip and (when it is one ``lti_block_step`` knows) the output layer: a
-        single compiled call per token when kernels are available."""
+        """One op for the recurrence, the skip and (when it is one ``lti_block_step`` knows) the output layer, on the
+        state as stored (complex modes as their real view): a single compiled call per token when kernels are
+        available."""
         state = self._check_stream(state, LTIState, 1)
-        form = self._output_form()
-        output, weight, bias = ("none", None, None) if form is None else form
-        y, new = lti_block_step(_complex(state.x), x_t, *self._recurrence(), self.D, mask_t, output=output,
-                                weight=weight, bias=bias)
-        if form is None:
+        plan = self._plan()
+        y, new = plan.step(state.x, x_t, mask_t)
+        if plan.finish:
             y = self._finish(y, mask_t)
-        return y, LTIState(x=_real(new), length=state.length + 1)
+        return y, LTIState(x=new, length=state.length + 1)
 
     def _output_form(self) -> tuple[BlockOutput, Tensor | None, Tensor | None] | None:
         """The output layer as ``lti_block_step``'s (output, weight, bias): SiLU (EMA), GELU -> Linear -> GLU

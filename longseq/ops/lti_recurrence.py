@@ -17,7 +17,8 @@ A masked step (mask False) leaves the state unchanged and outputs 0.
 The diagonal form runs as a compiled kernel (``longseq.kernels.recurrence``: one C++ call per step or per chunk,
 forward and backward) when kernels are available and the state and step matrices share one dtype on the CPU; the
 loop below is the plain path and the compiled path's oracle. ``lti_block_step`` is a whole S4-style block's token
-update (recurrence, skip, output layer), one compiled call when decoding.
+update (recurrence, skip, output layer), one compiled call when decoding; ``LTIBlockStep`` is the same with its
+parameters bound once, for a decoder that calls it per token.
 """
 
 from __future__ import annotations
@@ -85,11 +86,18 @@ def lti_block_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D:
 
     output: "none" (y + D u), "silu" (EMA: SiLU(y + D u)) or "glu" (S4's block: GLU(Linear(GELU(y + D u))) with
     weight: (2H, H), bias: (2H,) or None). For decoding: a diagonal dA outside autograd runs as one compiled call;
-    otherwise the same function as ``lti_step`` and the layers in PyTorch."""
+    otherwise the same function as ``lti_step`` and the layers in PyTorch. A decoder calling it per token with the
+    same parameters binds them once instead (``LTIBlockStep``)."""
     _check_block(x, u_t, dA, dB, C, D, output, weight, bias)
     compiled = recurrence.lti_block_step(x, u_t, dA, dB, C, D, mask_t, output, weight, bias)
     if compiled is not None:
         return compiled
+    return _block_plain(x, u_t, dA, dB, C, D, mask_t, output, weight, bias)
+
+
+def _block_plain(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor, mask_t: Tensor | None,
+                 output: str, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``lti_block_step``'s plain path."""
     y, new = lti_step(x, u_t, dA, dB, C, mask_t)
     y = y + D * u_t
     if output == "silu":
@@ -99,18 +107,61 @@ def lti_block_step(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D:
     return (y if mask_t is None else y.masked_fill(~mask_t[:, None], 0.0)), new
 
 
+class LTIBlockStep:
+    """``lti_block_step`` with dA, dB, C, D and the output layer bound: their shapes and dtypes are checked once, so
+    that a token pays for the checks of its own tensors and one call (one compiled call when kernels are available);
+    the same function as ``lti_block_step`` on the same arguments, bit for bit.
+
+    A complex state may be passed as its real view x: (B, H, M, 2) (as states store it; ``torch.view_as_real``), and
+    the new state then comes back as a real view too."""
+
+    def __init__(self, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor, *, output: BlockOutput = "none",
+                 weight: Tensor | None = None, bias: Tensor | None = None) -> None:
+        if D.dim() != 1:
+            raise ValueError(f"LTIBlockStep: D must have shape (H,), got {tuple(D.shape)}")
+        self._state_shape = (D.shape[0], dA.shape[-1])  # x's shape after the batch: (H, M)
+        _check_parameters(self._state_shape, dA, dB, C, output, weight, bias)
+        self.dA, self.dB, self.C, self.D, self.output, self.weight, self.bias = dA, dB, C, D, output, weight, bias
+        self._compiled = recurrence.BoundLTIBlockStep.bind(dA, dB, C, D, output, weight, bias)
+
+    def __call__(self, x: Tensor, u_t: Tensor, mask_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (B, H, M) or its real view (B, H, M, 2), u_t: (B, H), mask_t: bool (B,) -> (out: (B, H), new state in
+        x's form)."""
+        shape = x.shape
+        view = len(shape) == 4
+        if (len(shape) not in (3, 4) or shape[1:3] != self._state_shape or u_t.shape != shape[:2]
+                or (view and (shape[3] != 2 or not self.dA.is_complex()))):
+            h, m = self._state_shape
+            raise ValueError(f"LTIBlockStep: x must have shape (B, H, M) = (B, {h}, {m}) (or, for complex modes, its "
+                             f"real view (B, {h}, {m}, 2)) and u_t (B, H); got x {tuple(shape)}, u_t "
+                             f"{tuple(u_t.shape)}")
+        if self._compiled is not None:
+            compiled = self._compiled(x, u_t, mask_t)
+            if compiled is not None:
+                return compiled
+        y, new = _block_plain(torch.view_as_complex(x) if view else x, u_t, self.dA, self.dB, self.C, self.D, mask_t,
+                              self.output, self.weight, self.bias)
+        return y, (torch.view_as_real(new) if view else new)
+
+
 def _check_block(x: Tensor, u_t: Tensor, dA: Tensor, dB: Tensor, C: Tensor, D: Tensor, output: str,
                  weight: Tensor | None, bias: Tensor | None) -> None:
-    """``lti_block_step``'s shapes: x: (B, H, M), u_t: (B, H), D: (H,); diagonal dA, dB, C: (H, M) (dense: the
-    shapes ``lti_step`` takes); weight: (2H, H), bias: (2H,) or None for output="glu"."""
-    if output not in ("none", "silu", "glu"):
-        raise ValueError(f"lti_block_step: output={output!r} is not allowed; allowed: 'none', 'silu', 'glu'")
+    """``lti_block_step``'s shapes: x: (B, H, M), u_t: (B, H), D: (H,), and ``_check_parameters``."""
     if x.dim() != 3 or u_t.shape != x.shape[:2] or D.shape != x.shape[1:2]:
         raise ValueError(f"lti_block_step: x must have shape (B, H, M), u_t (B, H) and D (H,); got x "
                          f"{tuple(x.shape)}, u_t {tuple(u_t.shape)}, D {tuple(D.shape)}")
-    h = x.shape[1]
-    if dA.dim() == 2 and not dA.shape == dB.shape == C.shape == x.shape[1:]:
-        raise ValueError(f"lti_block_step: a diagonal dA, dB and C must have shape (H, M) = {tuple(x.shape[1:])}, "
+    _check_parameters(x.shape[1:], dA, dB, C, output, weight, bias)
+
+
+def _check_parameters(state: tuple[int, int], dA: Tensor, dB: Tensor, C: Tensor, output: str, weight: Tensor | None,
+                      bias: Tensor | None) -> None:
+    """For a state (B, H, M) (state = (H, M)): a diagonal dA, dB and C: (H, M) (dense: the shapes ``lti_step``
+    takes); weight: (2H, H), bias: (2H,) or None for output="glu"."""
+    if output not in ("none", "silu", "glu"):
+        raise ValueError(f"lti_block_step: output={output!r} is not allowed; allowed: 'none', 'silu', 'glu'")
+    h = state[0]
+    if dA.dim() == 2 and not dA.shape == dB.shape == C.shape == state:
+        raise ValueError(f"lti_block_step: a diagonal dA, dB and C must have shape (H, M) = {tuple(state)}, "
                          f"got {tuple(dA.shape)}, {tuple(dB.shape)}, {tuple(C.shape)}")
     if output == "glu" and (weight is None or weight.shape != (2 * h, h)
                             or (bias is not None and bias.shape != (2 * h,))):

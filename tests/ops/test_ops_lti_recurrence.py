@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from longseq.ops.fft_conv import toeplitz_conv_ref
 from longseq.ops.hippo import dplr_legs, s4d_lin, s4d_real
-from longseq.ops.lti_recurrence import lti_scan, lti_step, real_dense_form
+from longseq.ops.lti_recurrence import LTIBlockStep, lti_block_step, lti_scan, lti_step, real_dense_form
 from longseq.ops.ssm_kernel import s4_kernel_ref, s4_recurrence, s4d_kernel_ref, s4d_recurrence
 from longseq.testing.oracle import assert_same_function
 
@@ -92,3 +93,45 @@ def test_a_masked_step_is_a_no_op_that_outputs_zero():
     assert torch.equal(x, before)  # functional
     assert torch.equal(new[0], x[0]) and not torch.equal(new[1], x[1])
     assert y[0].abs().max() == 0
+
+
+def test_a_bound_block_step_is_the_op_for_diagonal_and_dense_steps():
+    """``LTIBlockStep`` against ``lti_block_step`` on the same arguments: S4D's diagonal steps (the state also as its
+    real view), S4's dense ones, each output layer."""
+    g = torch.Generator().manual_seed(6)
+    dt, a, c = _s4d()
+    diagonal = (*s4d_recurrence(dt, a, c, discretization="zoh"), c)
+    lam, p, b, _ = dplr_legs(6)
+    lam, p, b = (t.expand(H, 3).clone() for t in (lam, p, b))
+    dense = real_dense_form(*s4_recurrence(dt, lam, p, b, c))
+    D, weight, bias = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((H,), (2 * H, H), (2 * H,)))
+    u_t, mask_t = torch.randn(BATCH, H, generator=g, dtype=torch.float64), torch.tensor([True, False])
+    for steps, x in ((diagonal, torch.randn(BATCH, H, 3, generator=g, dtype=C128)),
+                     (dense, torch.randn(BATCH, H, 6, generator=g, dtype=torch.float64))):
+        for output in ("none", "silu", "glu"):
+            want = lti_block_step(x, u_t, *steps, D, mask_t, output=output, weight=weight, bias=bias)
+            bound = LTIBlockStep(*steps, D, output=output, weight=weight, bias=bias)
+            for state in [x, torch.view_as_real(x)] if x.is_complex() else [x]:
+                y, new = bound(state, u_t, mask_t)
+                new = torch.view_as_complex(new) if state.dim() == 4 else new
+                assert torch.equal(y, want[0]) and torch.equal(new, want[1])
+
+
+def test_a_bound_block_step_names_what_is_wrong():
+    dt, a, c = _s4d()
+    dA, dB = s4d_recurrence(dt, a, c, discretization="zoh")
+    D = torch.ones(H, dtype=torch.float64)
+    step = LTIBlockStep(dA, dB, c, D)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, H, M\) = \(B, 3, 3\)"):
+        step(torch.zeros(BATCH, H, 4, dtype=C128), torch.zeros(BATCH, H, dtype=torch.float64))
+    with pytest.raises(ValueError, match="and u_t"):
+        step(torch.zeros(BATCH, H, 3, dtype=C128), torch.zeros(BATCH + 1, H, dtype=torch.float64))
+    real = LTIBlockStep(dA.real, dB.real, c.real, D)
+    with pytest.raises(ValueError, match="real view"):  # real modes have no real view
+        real(torch.zeros(BATCH, H, 3, 2, dtype=torch.float64), torch.zeros(BATCH, H, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"D must have shape \(H,\)"):
+        LTIBlockStep(dA, dB, c, D[:, None])
+    with pytest.raises(ValueError, match="output='glu' needs weight"):
+        LTIBlockStep(dA, dB, c, D, output="glu")
+    with pytest.raises(ValueError, match=r"output='tanh' is not allowed"):
+        LTIBlockStep(dA, dB, c, D, output="tanh")

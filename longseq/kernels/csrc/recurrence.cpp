@@ -29,6 +29,8 @@
 #include <cstring>
 #include <vector>
 
+#include "vector.h"
+
 namespace {
 
 constexpr int64_t kSegment = 64;          // tokens between two checkpoints of the backward recomputation
@@ -58,41 +60,11 @@ inline T softplus_grad(T v) {
 template <typename T>
 inline T gelu(T v) { return v * T(0.5) * (T(1) + std::erf(v * T(M_SQRT1_2))); }  // torch's exact (erf) GELU
 
-// Vectors of one 512-bit register's lanes (two AVX2 registers, four SSE ones, where the CPU has no AVX-512).
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int64_t lanes = 64 / sizeof(T);
-};
-
-template <typename T>
-inline typename Vec<T>::type load(const T* p) {
-  typename Vec<T>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// The sum of a vector's lanes by halves (a fixed tree: log2(lanes) dependent additions, not lanes).
-template <typename T>
-inline T lane_sum(typename Vec<T>::type v) {
-  for (int64_t width = Vec<T>::lanes / 2; width > 0; width /= 2)
-    for (int64_t l = 0; l < width; ++l) v[l] += v[l + width];
-  return v[0];
-}
-
-// sum_k a[k] b[k], vectorised by hand in a fixed order (lane l sums the terms k = l mod lanes, the lanes are then
-// added by halves, the tail last), so the result depends neither on the thread count nor on the data's alignment;
-// a plain running sum would chain every addition on the previous one, and the compiler may not reorder it.
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  constexpr int64_t L = Vec<T>::lanes;
-  typename Vec<T>::type acc = {};
-  int64_t k = 0;
-  for (; k + L <= n; k += L) acc += load(a + k) * load(b + k);
-  T sum = lane_sum<T>(acc);
-  for (; k < n; ++k) sum += a[k] * b[k];
-  return sum;
-}
+// The vector helpers shared with the other kernels (vector.h): one 64-byte register's lanes, sums in fixed orders.
+using longseq::dot;
+using longseq::lane_sum;
+using longseq::load;
+using longseq::Vec;
 
 // out[r] = dot(W + r n, h, n) for r < rows (W: (rows, n) contiguous), four rows at a time so that their
 // accumulations overlap; each row's result is exactly its dot().
@@ -149,12 +121,11 @@ T* reals(const at::Tensor& t, at::Tensor& hold) {
 // or M (real).
 struct LTIShape {
   int64_t batch, heads, length, modes;
+  bool cplx;  // complex modes (interleaved pairs)
   int64_t su_b, su_h, su_t, sm_b, sm_t;
 };
 
 // The pair shuffles of complex arithmetic on interleaved (re, im) lanes.
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-#define LONGSEQ_SHUFFLE 1
 template <typename V>
 inline V real_parts(V v) {  // [re0, re0, re1, re1, ...]
   if constexpr (sizeof(v[0]) == 4)
@@ -176,45 +147,50 @@ inline V swap_pairs(V v) {  // [im0, re0, im1, re1, ...]
   else
     return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
 }
-#endif
 
-// One token for one (b, h): x <- dA x + dB u; returns f Re(C x). Complex modes are vectorised over interleaved
-// pairs where the compiler has vector shuffles, with exactly the scalar loop's roundings per mode: re' = (a_re x_re -
-// a_im x_im) + b_re u, im' = (a_re x_im + a_im x_re) + b_im u, and the readout sums c_re re' + c_im (-im').
+// One token for one (b, h): out = dA x + dB u (out may be x); returns f Re(C out). Complex modes are computed over
+// their interleaved (re, im) pairs in vectors of L lanes, the last vector zero-padded: per mode re' = (a_re x_re -
+// a_im x_im) + b_re u, im' = (a_re x_im + a_im x_re) + b_im u. The readout sums c_re re' + c_im (-im') lane-wise over
+// the full vectors, the lanes by halves, then the last modes in order. The update is written as vector operations
+// only: a scalar loop over the last modes was vectorised by GCC 12 with fused multiply-add-subtract instructions
+// (vfmaddsub) despite -ffp-contract=off, in some inlining contexts only, so that its last bits (and whether the
+// state and the readout were rounded alike) changed whenever the code around it did.
 template <typename T, bool CPLX>
-inline T lti_token(T* x, const T* a, const T* b, const T* c, T u, int64_t modes, T* conj) {
+inline T lti_token(const T* x, T* out, const T* a, const T* b, const T* c, T u, int64_t modes) {
   if (!CPLX) {
-    for (int64_t m = 0; m < modes; ++m) x[m] = a[m] * x[m] + b[m] * u;
-    return dot(c, x, modes);
+    for (int64_t m = 0; m < modes; ++m) out[m] = a[m] * x[m] + b[m] * u;
+    return dot(c, out, modes);
   }
-  int64_t k = 0;  // the next real lane
-  T sum = 0;
-#ifdef LONGSEQ_SHUFFLE
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::lanes;
-  V sign, us, acc = {};
-  for (int64_t l = 0; l < L; ++l) {
-    sign[l] = l % 2 ? T(-1) : T(1);
-    us[l] = u;
-  }
+  static constexpr T kSigns[16] = {1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1};
+  const V sign = load(kSigns), us = u - V{};  // (1, -1, ...); u in every lane (u - 0 is u, -0 included)
+  auto update = [&](V va, V vx, V vb) {
+    return (real_parts(va) * vx + imag_parts(va) * swap_pairs(vx) * -sign) + vb * us;
+  };
+  V acc = {};
+  int64_t k = 0;  // the next real lane
   for (; k + L <= 2 * modes; k += L) {
-    const V va = load(a + k), vx = load(x + k);
-    const V n = (real_parts(va) * vx + imag_parts(va) * swap_pairs(vx) * -sign) + load(b + k) * us;
-    std::memcpy(x + k, &n, sizeof(V));
+    const V n = update(load(a + k), load(x + k), load(b + k));
+    std::memcpy(out + k, &n, sizeof(V));
     acc += load(c + k) * (n * sign);
   }
-  sum = lane_sum<T>(acc);
-#endif
-  const int64_t start = k;
-  for (; k < 2 * modes; k += 2) {
-    const T xr = x[k], xi = x[k + 1];
-    const T nr = (a[k] * xr - a[k + 1] * xi) + b[k] * u;
-    const T ni = (a[k] * xi + a[k + 1] * xr) + b[k + 1] * u;
-    x[k] = conj[k] = nr;
-    x[k + 1] = ni;
-    conj[k + 1] = -ni;
+  // The last modes (fewer than one vector) one pair at a time, as two-lane vectors with the same operations.
+  typedef T P __attribute__((vector_size(2 * sizeof(T))));
+  const int64_t rest = 2 * modes - k;
+  T tail[L];  // the last modes' (re', -im')
+  for (int64_t j = 0; j < rest; j += 2) {
+    P pa, px, pb;
+    std::memcpy(&pa, a + k + j, sizeof(P));
+    std::memcpy(&px, x + k + j, sizeof(P));
+    std::memcpy(&pb, b + k + j, sizeof(P));
+    const P psign = {1, -1}, pu = u - P{};
+    const P n = (P{pa[0], pa[0]} * px + P{pa[1], pa[1]} * P{px[1], px[0]} * -psign) + pb * pu;
+    std::memcpy(out + k + j, &n, sizeof(P));
+    const P w = n * psign;
+    std::memcpy(tail + j, &w, sizeof(P));
   }
-  return T(2) * (sum + dot(c + start, conj + start, 2 * modes - start));
+  return T(2) * (lane_sum<T>(acc) + dot(c + k, tail, rest));
 }
 
 template <typename T, bool CPLX>
@@ -223,20 +199,16 @@ void lti_forward(const LTIShape& s, const T* u, const bool* mask, const T* x0, c
   const int64_t width = CPLX ? 2 * s.modes : s.modes;
   const int64_t tasks = s.batch * s.heads;
   const int nt = threads_for(tasks * s.length * width);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    std::vector<T> conj(width);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t bi = task / s.heads, h = task % s.heads;
-      T* x = xT + task * width;
-      std::copy(x0 + task * width, x0 + (task + 1) * width, x);
-      const T *a = dA + h * width, *b = dB + h * width, *c = C + h * width;
-      for (int64_t t = 0; t < s.length; ++t) {
-        const bool valid = !mask || mask[bi * s.sm_b + t * s.sm_t];
-        const T ut = u[bi * s.su_b + h * s.su_h + t * s.su_t];
-        y[task * s.length + t] = valid ? lti_token<T, CPLX>(x, a, b, c, ut, s.modes, conj.data()) : T(0);
-      }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t bi = task / s.heads, h = task % s.heads;
+    T* x = xT + task * width;
+    std::copy(x0 + task * width, x0 + (task + 1) * width, x);
+    const T *a = dA + h * width, *b = dB + h * width, *c = C + h * width;
+    for (int64_t t = 0; t < s.length; ++t) {
+      const bool valid = !mask || mask[bi * s.sm_b + t * s.sm_t];
+      const T ut = u[bi * s.su_b + h * s.su_h + t * s.su_t];
+      y[task * s.length + t] = valid ? lti_token<T, CPLX>(x, x, a, b, c, ut, s.modes) : T(0);
     }
   }
 }
@@ -251,7 +223,7 @@ void lti_backward(const LTIShape& s, const T* gy, const T* gxT, const T* u, cons
   const int nt = threads_for(3 * tasks * s.length * width);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    std::vector<T> checkpoints(segments * width), states((kSegment + 1) * width), x(width), conj(width);
+    std::vector<T> checkpoints(segments * width), states((kSegment + 1) * width), x(width);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t bi = task / s.heads, h = task % s.heads;
@@ -261,7 +233,7 @@ void lti_backward(const LTIShape& s, const T* gy, const T* gxT, const T* u, cons
       std::copy(x0 + task * width, x0 + (task + 1) * width, x.begin());
       for (int64_t t = 0; t < s.length; ++t) {
         if (t % kSegment == 0) std::copy(x.begin(), x.end(), checkpoints.begin() + (t / kSegment) * width);
-        if (valid(t)) lti_token<T, CPLX>(x.data(), a, b, c, input(t), s.modes, conj.data());
+        if (valid(t)) lti_token<T, CPLX>(x.data(), x.data(), a, b, c, input(t), s.modes);
       }
       T* g = gx0 + task * width;  // the adjoint of the state, carried backwards; ends as the initial state's gradient
       std::copy(gxT + task * width, gxT + (task + 1) * width, g);
@@ -274,8 +246,10 @@ void lti_backward(const LTIShape& s, const T* gy, const T* gxT, const T* u, cons
         std::copy(checkpoints.begin() + seg * width, checkpoints.begin() + (seg + 1) * width, states.begin());
         for (int64_t t = start; t < end; ++t) {  // states[t - start + 1] = the state after token t
           T* next = states.data() + (t - start + 1) * width;
-          std::copy(next - width, next, next);
-          if (valid(t)) lti_token<T, CPLX>(next, a, b, c, input(t), s.modes, conj.data());
+          if (valid(t))
+            lti_token<T, CPLX>(next - width, next, a, b, c, input(t), s.modes);
+          else
+            std::copy(next - width, next, next);
         }
         for (int64_t t = end - 1; t >= start; --t) {
           const int64_t at_t = task * s.length + t;
@@ -339,20 +313,31 @@ void sum_batch(const T* part, T* out, int64_t batch, int64_t rest) { sum_middle(
 
 // u: (B, H, T) real (float32/64) or (B, H) for one token; x0: (B, H, M) and dA, dB, C: (H, M), complex (of u's
 // precision) or real; mask: bool (B, T) or (B,). Sizes checked here too, so that no call reads out of bounds.
+// With `pairs`, x0: (B, H, M, 2) and dA, dB, C: (H, M, 2) may instead be the real views of complex ones, of u's dtype
+// (the same interleaved pairs: a decode step then needs no view of the state as complex and back).
 LTIShape check_lti(const at::Tensor& u, const at::Tensor& x0, const at::Tensor& dA, const at::Tensor& dB,
-                   const at::Tensor& C, const c10::optional<at::Tensor>& mask) {
-  TORCH_CHECK((u.dim() == 3 || u.dim() == 2) && x0.dim() == 3, "longseq recurrence kernel: u must be (B, H, T) or "
-              "(B, H), x0 (B, H, M)");
+                   const at::Tensor& C, const c10::optional<at::Tensor>& mask, bool pairs = false) {
+  const bool view = pairs && x0.dim() == 4;
+  TORCH_CHECK((u.dim() == 3 || u.dim() == 2) && x0.dim() == (view ? 4 : 3), "longseq recurrence kernel: u must be "
+              "(B, H, T) or (B, H), x0 (B, H, M)", pairs ? " or (B, H, M, 2)" : "");
   const bool one = u.dim() == 2;
   const int64_t batch = u.size(0), heads = u.size(1), length = one ? 1 : u.size(2), modes = x0.size(2);
-  expect(x0, {batch, heads, modes}, "x0");
-  expect(dA, {heads, modes}, "dA");
-  expect(dB, {heads, modes}, "dB");
-  expect(C, {heads, modes}, "C");
+  if (view) {
+    expect(x0, {batch, heads, modes, 2}, "x0");
+    expect(dA, {heads, modes, 2}, "dA");
+    expect(dB, {heads, modes, 2}, "dB");
+    expect(C, {heads, modes, 2}, "C");
+  } else {
+    expect(x0, {batch, heads, modes}, "x0");
+    expect(dA, {heads, modes}, "dA");
+    expect(dB, {heads, modes}, "dB");
+    expect(C, {heads, modes}, "C");
+  }
   TORCH_CHECK(dA.scalar_type() == x0.scalar_type() && dB.scalar_type() == x0.scalar_type() &&
               C.scalar_type() == x0.scalar_type() && at::toRealValueType(x0.scalar_type()) == u.scalar_type(),
               "longseq recurrence kernel: x0, dA, dB, C must share one dtype, u its real counterpart");
-  LTIShape s{batch, heads, length, modes, u.stride(0), u.stride(1), one ? 0 : u.stride(2), 0, 0};
+  LTIShape s{batch, heads, length, modes, view || x0.is_complex(), u.stride(0), u.stride(1), one ? 0 : u.stride(2),
+             0, 0};
   if (one) {
     expect_mask(mask, {batch});
   } else {
@@ -967,79 +952,89 @@ std::vector<at::Tensor> conv_backward_op(const at::Tensor& gy, const at::Tensor&
 template <typename T>
 inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 
+// Runs body(task) for task < tasks, on nt threads (static blocks) or, for nt = 1, in a plain loop: a parallel region
+// of one thread still costs more than a small decode step's arithmetic.
+template <typename F>
+void for_tasks(int nt, int64_t tasks, const F& body) {
+  if (nt <= 1) {
+    for (int64_t task = 0; task < tasks; ++task) body(task);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) body(task);
+}
+
 // One token of an S4-style block (S4D, EMA): x <- dA x + dB u, y = f Re(C x) + D u, then the block's output layer:
 // kind 0 none, 1 silu(y), 2 GLU(W GELU(y) + b) with W: (2H, H), b: (2H,) or none. A masked row keeps its state and
-// outputs 0.
+// outputs 0. The new state is written to xT as it is computed (only a masked row is copied); GLU outputs are computed
+// four at a time, each from its value and gate rows, so that the sigmoids overlap the next rows' loads.
 template <typename T, bool CPLX>
 void lti_block(const LTIShape& s, const T* x0, const T* u, const bool* mask, const T* dA, const T* dB, const T* C,
                const T* D, int64_t kind, const T* W, const T* bias, T* y, T* xT) {
   const int64_t width = CPLX ? 2 * s.modes : s.modes, heads = s.heads, tasks = s.batch * heads;
-  const int nt = threads_for(tasks * width);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    std::vector<T> conj(width);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t bi = task / heads, h = task % heads;
-      T* x = xT + task * width;
-      std::copy(x0 + task * width, x0 + (task + 1) * width, x);
-      const T ut = u[bi * s.su_b + h * s.su_h];
-      const bool valid = !mask || mask[bi * s.sm_b];
-      const T out = valid ? lti_token<T, CPLX>(x, dA + h * width, dB + h * width, C + h * width, ut, s.modes,
-                                               conj.data())
-                          : T(0);
-      const T skip = out + D[h] * ut;
-      y[task] = kind == 1 ? silu(skip) : kind == 2 ? gelu(skip) : skip;
-    }
-  }
-  if (kind == 2) {  // y holds GELU(.) per row: the linear layer (2H outputs, blocks of rows per task), the GLU
-    constexpr int64_t kRows = 64;
-    const int64_t blocks = (2 * heads + kRows - 1) / kRows;
-    std::vector<T> linear(s.batch * 2 * heads);
-    const int nt2 = threads_for(tasks * 2 * heads);
-#pragma omp parallel for num_threads(nt2) schedule(static) if (nt2 > 1)
-    for (int64_t task = 0; task < s.batch * blocks; ++task) {
-      const int64_t bi = task / blocks, r0 = (task % blocks) * kRows, rows = std::min(kRows, 2 * heads - r0);
-      matvec(W + r0 * heads, y + bi * heads, rows, heads, linear.data() + bi * 2 * heads + r0);
-    }
-    for (int64_t bi = 0; bi < s.batch; ++bi) {
-      const T* row = linear.data() + bi * 2 * heads;
-      for (int64_t k = 0; k < heads; ++k) {
-        const T value = row[k] + (bias ? bias[k] : T(0));
-        const T gate = row[heads + k] + (bias ? bias[heads + k] : T(0));
-        y[bi * heads + k] = value * sigmoid(gate);
+  std::vector<T> hidden(kind == 2 ? tasks : 0);  // GELU(.) per row, the linear layer's input
+  T* pre = kind == 2 ? hidden.data() : y;
+  for_tasks(threads_for(tasks * width), tasks, [&](int64_t task) {
+    const int64_t bi = task / heads, h = task % heads;
+    const T ut = u[bi * s.su_b + h * s.su_h];
+    const T* x = x0 + task * width;
+    T* out = xT + task * width;
+    T value = 0;
+    if (!mask || mask[bi * s.sm_b])
+      value = lti_token<T, CPLX>(x, out, dA + h * width, dB + h * width, C + h * width, ut, s.modes);
+    else
+      std::copy(x, x + width, out);
+    const T skip = value + D[h] * ut;
+    pre[task] = kind == 1 ? silu(skip) : kind == 2 ? gelu(skip) : skip;
+  });
+  if (kind == 2) {  // out[k] = (W_k h + b_k) sigmoid(W_{H+k} h + b_{H+k}), each product exactly matvec's dot
+    constexpr int64_t kRows = 4;
+    const int64_t blocks = (heads + kRows - 1) / kRows;
+    for_tasks(threads_for(tasks * 2 * heads), s.batch * blocks, [&](int64_t task) {
+      const int64_t bi = task / blocks, k0 = (task % blocks) * kRows, rows = std::min(kRows, heads - k0);
+      const T* h = hidden.data() + bi * heads;
+      T value[kRows], gate[kRows];
+      matvec(W + k0 * heads, h, rows, heads, value);
+      matvec(W + (heads + k0) * heads, h, rows, heads, gate);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t k = k0 + i;
+        const T gated = gate[i] + (bias ? bias[heads + k] : T(0));
+        y[bi * heads + k] = (value[i] + (bias ? bias[k] : T(0))) * sigmoid(gated);
       }
-    }
+    });
   }
   if (mask)
     for (int64_t bi = 0; bi < s.batch; ++bi)
       if (!mask[bi * s.sm_b]) std::fill(y + bi * heads, y + (bi + 1) * heads, T(0));
 }
 
-// x0, dA, dB, C as for lti_scan_forward; u: (B, H), D: (H,), mask: bool (B,), weight: (2H, H) and bias: (2H,) for
-// kind 2. Returns the block's output (B, H) and the new state.
+// x0, dA, dB, C as for lti_scan_forward, or the real views (B, H, M, 2), (H, M, 2) of complex ones; u: (B, H), D:
+// (H,), mask: bool (B,), weight: (2H, H) and bias: (2H,) for kind 2. Returns the block's output (B, H) and the new
+// state, in x0's layout.
 std::vector<at::Tensor> lti_block_step(const at::Tensor& x0, const at::Tensor& u, const at::Tensor& dA,
                                        const at::Tensor& dB, const at::Tensor& C, const at::Tensor& D,
                                        const c10::optional<at::Tensor>& mask, int64_t kind,
                                        const c10::optional<at::Tensor>& weight,
                                        const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(u.dim() == 2 && kind >= 0 && kind <= 2, "longseq recurrence kernel: u must be (B, H), kind 0-2");
-  const LTIShape s = check_lti(u, x0, dA, dB, C, mask);
+  const LTIShape s = check_lti(u, x0, dA, dB, C, mask, /*pairs=*/true);
   expect(D, {s.heads}, "D");
   TORCH_CHECK(kind != 2 || (weight.has_value() && weight->sizes() == at::IntArrayRef({2 * s.heads, s.heads})),
               "longseq recurrence kernel: the GLU output needs weight (2H, H)");
   expect(bias, {2 * s.heads}, "bias");
-  const bool cplx = x0.is_complex();
+  TORCH_CHECK(D.scalar_type() == u.scalar_type() && (!weight.has_value() || weight->scalar_type() == u.scalar_type())
+              && (!bias.has_value() || bias->scalar_type() == u.scalar_type()),
+              "longseq recurrence kernel: D, weight and bias must have u's dtype");
   auto Dc = D.contiguous(), Wc = contiguous_or_undefined(weight), bc = contiguous_or_undefined(bias);
   auto y = at::empty({s.batch, s.heads}, u.options());
-  auto xT = at::empty({s.batch, s.heads, s.modes}, x0.options());
-  at::Tensor h0, h1, h2, h3, h4;
+  auto xT = at::empty(x0.sizes(), x0.options());
+  at::Tensor h0, h1, h2, h3;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "lti_block_step", [&] {
-    auto run = cplx ? lti_block<scalar_t, true> : lti_block<scalar_t, false>;
+    auto run = s.cplx ? lti_block<scalar_t, true> : lti_block<scalar_t, false>;
     run(s, reals<scalar_t>(x0, h0), u.data_ptr<scalar_t>(), mask_ptr(mask), reals<scalar_t>(dA, h1),
         reals<scalar_t>(dB, h2), reals<scalar_t>(C, h3), Dc.data_ptr<scalar_t>(), kind,
         Wc.defined() ? Wc.data_ptr<scalar_t>() : nullptr, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr,
-        y.data_ptr<scalar_t>(), reals<scalar_t>(xT, h4));
+        y.data_ptr<scalar_t>(), reinterpret_cast<scalar_t*>(xT.data_ptr()));
   });
   return {y, xT};
 }
