@@ -64,29 +64,8 @@ inline T gelu(T v) { return v * T(0.5) * (T(1) + std::erf(v * T(M_SQRT1_2))); } 
 using longseq::dot;
 using longseq::lane_sum;
 using longseq::load;
+using longseq::matvec;
 using longseq::Vec;
-
-// out[r] = dot(W + r n, h, n) for r < rows (W: (rows, n) contiguous), four rows at a time so that their
-// accumulations overlap; each row's result is exactly its dot().
-template <typename T>
-void matvec(const T* W, const T* h, int64_t rows, int64_t n, T* out) {
-  constexpr int64_t L = Vec<T>::lanes, R = 4;
-  int64_t r = 0;
-  for (; r + R <= rows; r += R) {
-    typename Vec<T>::type acc[R] = {};
-    int64_t k = 0;
-    for (; k + L <= n; k += L) {
-      const auto hv = load(h + k);
-      for (int64_t i = 0; i < R; ++i) acc[i] += load(W + (r + i) * n + k) * hv;
-    }
-    for (int64_t i = 0; i < R; ++i) {
-      T sum = lane_sum<T>(acc[i]);
-      for (int64_t kk = k; kk < n; ++kk) sum += W[(r + i) * n + kk] * h[kk];
-      out[r + i] = sum;
-    }
-  }
-  for (; r < rows; ++r) out[r] = dot(W + r * n, h, n);
-}
 
 // Shape checks: the Python side passes checked arguments; these keep a wrong call from reading out of bounds.
 void expect(const at::Tensor& t, at::IntArrayRef shape, const char* name) {

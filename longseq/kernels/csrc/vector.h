@@ -62,47 +62,49 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return sum;
 }
 
-// A linear layer for a few rows of input (decoding): out[b * ldo + r] = dot(W + r n, x + b ldx, n) (+ bias[r]) for
-// r < rows, b < batch; W: (rows, n) contiguous. Each output is exactly that dot(), so results depend neither on the
-// thread count nor on the batch. Rows go in fixed blocks over torch's threads, two at a time, every batch row
-// against each pair while the pair is in cache: each weight is read once per call. Where one token's weights
-// outgrow a core's L2 (Mamba's in_proj at d_model 256 is 1 MiB), two threads hold half of them each in their own.
-// For one row of input this beats a BLAS GEMM call, which runs a matrix-vector product on one thread.
+// out[r] = dot(W + r n, h, n) for r < rows (W: (rows, n) contiguous), four rows at a time so that their
+// accumulations overlap; each row's result is exactly its dot().
+template <typename T>
+void matvec(const T* W, const T* h, int64_t rows, int64_t n, T* out) {
+  constexpr int64_t L = Vec<T>::lanes, R = 4;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) {
+    typename Vec<T>::type acc[R] = {};
+    int64_t k = 0;
+    for (; k + L <= n; k += L) {
+      const auto hv = load(h + k);
+      for (int64_t i = 0; i < R; ++i) acc[i] += load(W + (r + i) * n + k) * hv;
+    }
+    for (int64_t i = 0; i < R; ++i) {
+      T sum = lane_sum<T>(acc[i]);
+      for (int64_t kk = k; kk < n; ++kk) sum += W[(r + i) * n + kk] * h[kk];
+      out[r + i] = sum;
+    }
+  }
+  for (; r < rows; ++r) out[r] = dot(W + r * n, h, n);
+}
+
+// A linear layer for a few rows of input (decoding): out[b * ldo + r] = matvec's dot of W's row r and x + b ldx
+// (+ bias[r]) for r < rows, b < batch; W: (rows, n) contiguous. Each output is exactly that dot, so results depend
+// neither on the thread count nor on the batch. Fixed blocks of rows go over torch's threads, every batch row against
+// a block while it is in cache: each weight is read from memory once per call. Where one token's weights outgrow a
+// core's L2 (Mamba's in_proj at d_model 256 is 1 MiB), two threads hold half of them each in their own. For one row
+// of input this beats a BLAS GEMM call, which runs a matrix-vector product on one thread.
 template <typename T>
 void linear_rows(const T* W, const T* bias, int64_t rows, int64_t n, const T* x, int64_t ldx, int64_t batch, T* out,
                  int64_t ldo) {
-  constexpr int64_t L = Vec<T>::lanes, kBlock = 64;
+  constexpr int64_t kBlock = 64;
   const int64_t blocks = (rows + kBlock - 1) / kBlock;
   const int threads = rows * n * batch >= (int64_t(1) << 16) ? at::get_num_threads() : 1;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t block = 0; block < blocks; ++block) {
-    const int64_t end = std::min(rows, (block + 1) * kBlock);
-    int64_t r = block * kBlock;
-    for (; r + 2 <= end; r += 2) {
-      const T *w0 = W + r * n, *w1 = w0 + n;
-      for (int64_t b = 0; b < batch; ++b) {
-        const T* xb = x + b * ldx;
-        typename Vec<T>::type a0 = {}, a1 = {};
-        int64_t k = 0;
-        for (; k + L <= n; k += L) {
-          const auto xv = load(xb + k);
-          a0 += load(w0 + k) * xv;
-          a1 += load(w1 + k) * xv;
-        }
-        T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1);
-        for (; k < n; ++k) {
-          s0 += w0[k] * xb[k];
-          s1 += w1[k] * xb[k];
-        }
-        out[b * ldo + r] = bias ? s0 + bias[r] : s0;
-        out[b * ldo + r + 1] = bias ? s1 + bias[r + 1] : s1;
-      }
+    const int64_t r0 = block * kBlock, count = std::min(kBlock, rows - r0);
+    for (int64_t b = 0; b < batch; ++b) {
+      T* o = out + b * ldo + r0;
+      matvec(W + r0 * n, x + b * ldx, count, n, o);
+      if (bias)
+        for (int64_t i = 0; i < count; ++i) o[i] += bias[r0 + i];
     }
-    for (; r < end; ++r)
-      for (int64_t b = 0; b < batch; ++b) {
-        const T s = dot(W + r * n, x + b * ldx, n);
-        out[b * ldo + r] = bias ? s + bias[r] : s;
-      }
   }
 }
 
