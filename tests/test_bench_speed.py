@@ -258,6 +258,8 @@ def test_a_row_records_the_kernels_its_measuring_child_ran(monkeypatch):
     monkeypatch.setenv(kernels.KERNELS_ENV, "auto")
     if kernels.load("selective_scan") is None:
         pytest.skip("the selective_scan kernel cannot be built here")
+    # What the parent would record for itself: the row must not carry it.
+    monkeypatch.setattr(kernels, "kernel_status", lambda: {"all": "the parent's status"})
     row, = run_speed_bench(["mamba[d_state=4]"], lengths=[16], modes=["decode"], **TINY)
     assert row["status"] == "ok" and row["provenance"]["kernels"]["selective_scan"] == "compiled"
     monkeypatch.setenv(kernels.KERNELS_ENV, "off")

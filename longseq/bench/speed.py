@@ -268,7 +268,7 @@ def _status_of(outcome: Outcome) -> tuple[str, dict[str, Any]]:
     """The row status and measured fields of a finished request."""
     if outcome.kind == "result":
         message = outcome.message or {}
-        return str(message.get("status", "crashed")), {k: message.get(k) for k in _MEASURED_KEYS}
+        return str(message.get("status", "crashed")), {k: message.get(k) for k in (*_MEASURED_KEYS, "kernels")}
     if outcome.kind == "died" and outcome.signal_name == "SIGKILL":
         detail = outcome.detail + "\n(SIGKILL not sent by the bench: most likely the kernel's out-of-memory killer)"
         return "oom", {"error": detail}
