@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--contexts", default="1024,4096,16384,65536", help="decode context lengths, comma-separated")
     ap.add_argument("--tokens", type=int, default=100, help="decode steps per timed call")
     ap.add_argument("--skip", default="", help="comma-separated groups to skip: forward, backward, decode")
-    ap.add_argument("--out", type=Path, default=RESULTS / "kernels-k1-cpu.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON result (default: benchmarks/results/kernels-k1-cpu-<threads>t.json)")
     args = ap.parse_args()
     if args.repeats < 3 or args.backward_repeats < 1:
         ap.error("--repeats must be >= 3 and --backward-repeats >= 1")
@@ -250,7 +251,7 @@ def main() -> None:
               f"{single['compiled']['ms_per_call']:.4f} ms, plain {single['plain']['ms_per_call']:.4f} ms")
         result["state_update"] = single
 
-    write_result(result, args.out)
+    write_result(result, args.out or RESULTS / f"kernels-k1-cpu-{args.threads}t.json")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64, help="tokens of the lti_scan and ssd_chunked chunk rows")
     ap.add_argument("--length", type=int, default=4096, help="tokens of the causal_conv1d rows")
     ap.add_argument("--skip", default="", help="comma-separated groups to skip: decode, steps, chunks")
-    ap.add_argument("--out", type=Path, default=RESULTS / "kernels-k2-cpu.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON result (default: benchmarks/results/kernels-k2-cpu-<threads>t.json)")
     args = ap.parse_args()
     if args.repeats < 3:
         ap.error("--repeats must be >= 3")
@@ -205,7 +206,7 @@ def main() -> None:
             result["chunks"][name] = {"forward": forward, "forward_ratio": ratio(forward),
                                       "forward_backward": backward, "forward_backward_ratio": ratio(backward)}
 
-    write_result(result, args.out)
+    write_result(result, args.out or RESULTS / f"kernels-k2-cpu-{args.threads}t.json")
 
 
 if __name__ == "__main__":
