@@ -17,9 +17,8 @@ import torch
 from longseq import kernels
 from longseq.kernels import selective_scan as compiled
 from longseq.mixers import build
+from longseq.ops.mamba_step import MambaStepWeights, mamba_block_step
 from longseq.ops.selective_scan import (
-    MambaStepWeights,
-    mamba_block_step,
     selective_scan,
     selective_scan_chunked,
     selective_scan_ref,

@@ -106,7 +106,7 @@ def state_update(ext: ModuleType, state: Tensor, x: Tensor, dt: Tensor, A: Tenso
 
 def block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, weights: tuple[Tensor | None, ...],
                mask_t: Tensor | None) -> list[Tensor] | None:
-    """``longseq.ops.selective_scan.mamba_block_step`` (arguments checked by the op; ``weights`` a
+    """``longseq.ops.mamba_step.mamba_block_step`` (arguments checked by the op; ``weights`` a
     ``MambaStepWeights``) in one C++ call -> [y, new conv state, new state]; None when it does not apply: kernels
     off or unavailable, autograd recording, autocast on, or tensors not all on the CPU in one dtype, float32 or
     float64 (that last check is the C++ side's, where it costs less per token)."""

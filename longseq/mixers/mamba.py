@@ -36,7 +36,8 @@ from longseq.modules import ShortConv, ShortConvState
 from longseq.modules.optim import set_optim
 from longseq.modules.param_cache import ParamCache
 from longseq.modules.ssm_init import dt_bias
-from longseq.ops.selective_scan import MambaStepWeights, mamba_block_step, selective_scan, selective_scan_ref
+from longseq.ops.mamba_step import MambaStepWeights, mamba_block_step
+from longseq.ops.selective_scan import selective_scan, selective_scan_ref
 
 
 class MambaPass(nn.Module):

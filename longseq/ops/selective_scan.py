@@ -19,8 +19,6 @@ Forms of one function:
   backward) when it is available, else ``selective_scan_chunked``.
 - ``selective_state_update``: one token; functional, it returns a new state and never writes into its arguments
   (one compiled call when decoding on the CPU with the kernel available).
-- ``mamba_block_step``: a whole Mamba block for one token, projections included (one compiled call when decoding
-  on the CPU): what a mixer's ``step`` runs.
 
 Masks: a masked (padded) position is an exact no-op when the caller passes dt = 0 there *after* its own bias and
 softplus (that is: delta = 0 with ``delta_softplus=False`` and ``delta_bias=None``): exp(0 A) = 1 keeps the state
@@ -39,7 +37,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +44,6 @@ from torch import Tensor
 
 from longseq.kernels import selective_scan as compiled
 from longseq.ops.precision import compute_dtype
-from longseq.ops.short_conv import causal_conv1d_update
 
 # Channel blocking: ``selective_scan`` works on one (B, channels, L/chunk_size, N) tensor per step (the states of
 # all chunks at once) and keeps a few of them; channels are processed in blocks so that one such tensor has at most
@@ -178,82 +174,6 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
                               (step * x.to(dtype))[..., None], b_ch)
     y = (new_state * c_ch).sum(dim=-1)
     return _skip_and_gate(y, x, D, z), new_state
-
-
-class MambaStepWeights(NamedTuple):
-    """A Mamba block's parameters as ``mamba_block_step`` reads them (E = expand · d_model, R = dt_rank)."""
-
-    in_proj_weight: Tensor  # (2E, d_model)
-    in_proj_bias: Tensor | None  # (2E,)
-    conv_weight: Tensor  # (E, W)
-    conv_bias: Tensor | None  # (E,)
-    x_proj_weight: Tensor  # (R + 2N, E)
-    dt_proj_weight: Tensor  # (E, R)
-    dt_proj_bias: Tensor  # (E,)
-    A: Tensor  # (E, N), A = -exp(A_log)
-    D: Tensor | None  # (E,)
-    out_proj_weight: Tensor  # (d_model, E)
-    out_proj_bias: Tensor | None  # (d_model,)
-
-
-def mamba_block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, weights: MambaStepWeights,
-                     mask_t: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """A whole Mamba block for one token (decoding): u_t: (B, d_model), conv_state: (B, E, W-1), state: (B, E, N),
-    mask_t: bool (B,) -> (y_t: (B, d_model), the new conv state, the new state); functional (new tensors).
-
-        x | z = in_proj(u);  x = silu(causal_conv1d_update(x));  dt | B | C = x_proj(x)
-        delta = softplus(dt_proj(dt)), 0 where masked;  y, state = selective_state_update(state, x, delta, A, B, C,
-        D, z);  y = out_proj(y), 0 where masked
-
-    A masked row keeps both states (the convolution skips it, delta = 0) and outputs 0. Outside autograd and
-    autocast, with every tensor on the CPU in one dtype (float32 or float64) and the kernel available, this is one
-    compiled call (``longseq.kernels.selective_scan.block_step``); otherwise the composition above."""
-    try:
-        fused = compiled.block_step(u_t, conv_state, state, weights, mask_t)
-    except RuntimeError:  # the kernel checks shapes itself (per token, cheaper there): say which argument is wrong
-        _check_block_step(u_t, conv_state, state, weights, mask_t)
-        raise
-    if fused is not None:
-        return fused[0], fused[1], fused[2]
-    rank, n = _check_block_step(u_t, conv_state, state, weights, mask_t)
-    w = weights
-    x, z = F.linear(u_t, w.in_proj_weight, w.in_proj_bias).chunk(2, dim=-1)
-    x, conv_state = causal_conv1d_update(x, conv_state, w.conv_weight, w.conv_bias, activation="silu", mask_t=mask_t)
-    dt, b, c = F.linear(x, w.x_proj_weight).split([rank, n, n], dim=-1)
-    delta = F.softplus(F.linear(dt, w.dt_proj_weight, w.dt_proj_bias))
-    delta = delta if mask_t is None else delta * mask_t[:, None]
-    y, state = selective_state_update(state, x, delta, w.A, b, c, D=w.D, z=z)
-    y = F.linear(y, w.out_proj_weight, w.out_proj_bias)
-    return (y if mask_t is None else y.masked_fill(~mask_t[:, None], 0.0)), conv_state, state
-
-
-def _check_block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, weights: MambaStepWeights,
-                      mask_t: Tensor | None) -> tuple[int, int]:
-    """``mamba_block_step``'s shapes, each named when wrong -> (R, N)."""
-    for name, t, dims in (("A", weights.A, 2), ("dt_proj_weight", weights.dt_proj_weight, 2),
-                          ("conv_weight", weights.conv_weight, 2), ("out_proj_weight", weights.out_proj_weight, 2)):
-        if t.dim() != dims:
-            raise ValueError(f"mamba_block_step: {name} must have {dims} dimensions, got shape {_shape(t)}")
-    e, n = weights.A.shape
-    rank, width, batch = weights.dt_proj_weight.shape[1], weights.conv_weight.shape[1], u_t.shape[0]
-    d_model = weights.out_proj_weight.shape[0]
-    w = weights
-    expected = {"u_t": (u_t, (batch, d_model)), "conv_state": (conv_state, (batch, e, width - 1)),
-                "state": (state, (batch, e, n)), "in_proj_weight": (w.in_proj_weight, (2 * e, d_model)),
-                "in_proj_bias": (w.in_proj_bias, (2 * e,)), "conv_weight": (w.conv_weight, (e, width)),
-                "conv_bias": (w.conv_bias, (e,)), "x_proj_weight": (w.x_proj_weight, (rank + 2 * n, e)),
-                "dt_proj_weight": (w.dt_proj_weight, (e, rank)), "dt_proj_bias": (w.dt_proj_bias, (e,)),
-                "D": (w.D, (e,)), "out_proj_weight": (w.out_proj_weight, (d_model, e)),
-                "out_proj_bias": (w.out_proj_bias, (d_model,))}
-    for name, (t, shape) in expected.items():
-        if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"mamba_block_step: {name} must have shape {shape} (from A: (E, N) = ({e}, {n}), "
-                             f"dt_proj_weight: (E, R), conv_weight: (E, W), out_proj_weight: (d_model, E)), got "
-                             f"{_shape(t)}")
-    if mask_t is not None and (mask_t.dtype != torch.bool or mask_t.shape != (batch,)):
-        raise ValueError(f"mamba_block_step: mask_t must be bool of shape ({batch},), got {mask_t.dtype} "
-                         f"{_shape(mask_t)}")
-    return rank, n
 
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
