@@ -185,29 +185,41 @@ def load_kernel_timed(name: str) -> tuple[float, float]:
     return load_s, load_avg
 
 
+def add_shared_arguments(ap: argparse.ArgumentParser, name: str, groups: str) -> None:
+    """The options both kernel benchmarks take (``name``: the result's stem, ``groups``: what --skip may name)."""
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--contexts", default="1024,4096,16384,65536", help="decode context lengths, comma-separated")
+    ap.add_argument("--tokens", type=int, default=100, help="decode steps per timed call")
+    ap.add_argument("--skip", default="", help=f"comma-separated groups to skip: {groups}")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"JSON result (default: benchmarks/results/{name}-cpu-<threads>t.json)")
+
+
+def parse_shared(ap: argparse.ArgumentParser, name: str) -> tuple[argparse.Namespace, set[str], Path]:
+    """Parse; refuse a LONGSEQ_KERNELS setting (the script switches it itself); set torch's threads -> (args, the
+    groups to skip, the result's path)."""
+    args = ap.parse_args()
+    if kernels.KERNELS_ENV in os.environ:
+        ap.error(f"unset {kernels.KERNELS_ENV}: this script compares the compiled and the plain path itself")
+    torch.set_num_threads(args.threads)
+    out = args.out or RESULTS / f"{name}-cpu-{args.threads}t.json"
+    return args, {s for s in args.skip.split(",") if s}, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shared_arguments(ap, "kernels-k1", "forward, backward, decode")
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--d", type=int, default=512, help="channels (d_inner)")
     ap.add_argument("--n", type=int, default=16, help="state size")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds of the forward rows (>= 3)")
     ap.add_argument("--backward-repeats", type=int, default=5, help="timed rounds of the forward+backward rows")
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=256, help="the mamba mixer of the decode rows")
-    ap.add_argument("--contexts", default="1024,4096,16384,65536", help="decode context lengths, comma-separated")
-    ap.add_argument("--tokens", type=int, default=100, help="decode steps per timed call")
-    ap.add_argument("--skip", default="", help="comma-separated groups to skip: forward, backward, decode")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON result (default: benchmarks/results/kernels-k1-cpu-<threads>t.json)")
-    args = ap.parse_args()
+    args, skip, out = parse_shared(ap, "kernels-k1")
     if args.repeats < 3 or args.backward_repeats < 1:
         ap.error("--repeats must be >= 3 and --backward-repeats >= 1")
-    if kernels.KERNELS_ENV in os.environ:
-        ap.error(f"unset {kernels.KERNELS_ENV}: this script compares the compiled and the plain path itself")
-    skip = {s for s in args.skip.split(",") if s}
-    torch.set_num_threads(args.threads)
 
     load_s, load_avg = load_kernel_timed("selective_scan")
     print(f"B={args.batch} D={args.d} N={args.n} L={args.length} float32, chunk_size={args.chunk_size}")
@@ -251,7 +263,7 @@ def main() -> None:
               f"{single['compiled']['ms_per_call']:.4f} ms, plain {single['plain']['ms_per_call']:.4f} ms")
         result["state_update"] = single
 
-    write_result(result, args.out or RESULTS / f"kernels-k1-cpu-{args.threads}t.json")
+    write_result(result, out)
 
 
 if __name__ == "__main__":

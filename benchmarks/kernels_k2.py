@@ -34,7 +34,15 @@ import torch
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernels_k1 import interleaved, load_kernel_timed, plain_path, print_table, write_result
+from benchmarks.kernels_k1 import (
+    add_shared_arguments,
+    interleaved,
+    load_kernel_timed,
+    parse_shared,
+    plain_path,
+    print_table,
+    write_result,
+)
 from longseq import kernels
 from longseq.mixers import build
 from longseq.ops.lti_recurrence import lti_scan, lti_step
@@ -151,23 +159,14 @@ def forward_backward(fn: Callable[[], tuple[torch.Tensor, ...]], leaves: list[to
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    add_shared_arguments(ap, "kernels-k2", "decode, steps, chunks")
     ap.add_argument("--d-model", type=int, default=256, help="the mixers' width (the bench's default)")
-    ap.add_argument("--contexts", default="1024,4096,16384,65536", help="decode context lengths, comma-separated")
-    ap.add_argument("--tokens", type=int, default=100, help="decode steps per timed call")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per row (>= 3)")
     ap.add_argument("--chunk", type=int, default=64, help="tokens of the lti_scan and ssd_chunked chunk rows")
     ap.add_argument("--length", type=int, default=4096, help="tokens of the causal_conv1d rows")
-    ap.add_argument("--skip", default="", help="comma-separated groups to skip: decode, steps, chunks")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON result (default: benchmarks/results/kernels-k2-cpu-<threads>t.json)")
-    args = ap.parse_args()
+    args, skip, out = parse_shared(ap, "kernels-k2")
     if args.repeats < 3:
         ap.error("--repeats must be >= 3")
-    if kernels.KERNELS_ENV in os.environ:
-        ap.error(f"unset {kernels.KERNELS_ENV}: this script compares the compiled and the plain path itself")
-    skip = {s for s in args.skip.split(",") if s}
-    torch.set_num_threads(args.threads)
 
     load_s, load_avg = load_kernel_timed("recurrence")
     sizes = {"d_model": args.d_model, "s4d_d_state": 64, "mamba2_d_state": 64, "mamba2_headdim": 64, "d_conv": 4,
@@ -206,7 +205,7 @@ def main() -> None:
             result["chunks"][name] = {"forward": forward, "forward_ratio": ratio(forward),
                                       "forward_backward": backward, "forward_backward_ratio": ratio(backward)}
 
-    write_result(result, args.out or RESULTS / f"kernels-k2-cpu-{args.threads}t.json")
+    write_result(result, out)
 
 
 if __name__ == "__main__":
