@@ -15,6 +15,7 @@ from longseq import kernels
 from longseq.kernels import recurrence
 from longseq.mixers import build
 from longseq.ops.lti_recurrence import LTIBlockStep, lti_block_step, lti_scan, lti_step
+from longseq.ops.mamba_step import mamba2_block_step
 from longseq.ops.short_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from longseq.ops.ssd import COMPILED_SCAN_TOKENS, ssd_block_step, ssd_chunked, ssd_ref, ssd_state_update
 from longseq.testing.oracle import assert_same_function
@@ -259,6 +260,51 @@ def test_ssd_block_step_matches_the_composition_of_the_ops(both, calls, dtype):
     assert torch.equal(got[1][1], args[1][1]) and torch.equal(got[2][1], args[2][1])  # the masked row keeps both
 
 
+def _projections(dtype: torch.dtype, d_model: int = 8, seed: int = 1, **block):
+    """mamba2_block_step's arguments: (u_t, conv_state, state) and its keywords (biases on both projections)."""
+    (zxbcdt, conv_state, state), keywords = _mamba2_block(dtype, **block)
+    g = torch.Generator().manual_seed(seed)
+    rows, e = zxbcdt.shape[1], keywords["norm_weight"].shape[0]
+    projections = {"in_proj_weight": torch.randn(rows, d_model, generator=g, dtype=dtype) / d_model**0.5,
+                   "in_proj_bias": torch.randn(rows, generator=g, dtype=dtype),
+                   "out_proj_weight": torch.randn(d_model, e, generator=g, dtype=dtype) / e**0.5,
+                   "out_proj_bias": torch.randn(d_model, generator=g, dtype=dtype)}
+    u_t = torch.randn(zxbcdt.shape[0], d_model, generator=g, dtype=dtype)
+    return (u_t, conv_state, state), {**keywords, **projections}
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_mamba2_block_step_with_its_projections_matches_the_composition(both, calls, dtype):
+    """The whole block (projections in C++) equals in_proj, ssd_block_step, out_proj of the plain path; a masked
+    row outputs 0 and keeps both states; nothing is modified in place."""
+    args, keywords = _projections(dtype)
+    mask_t = torch.tensor([True, False, True])
+    before = [t.clone() for t in args]
+    seen = calls("mamba2_block_step")
+    with torch.no_grad():
+        got, want = both(lambda: mamba2_block_step(*args, **keywords, mask_t=mask_t))
+    assert seen == ["mamba2_block_step"]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    assert (got[0][1] == 0).all() and torch.equal(got[1][1], args[1][1]) and torch.equal(got[2][1], args[2][1])
+    assert all(torch.equal(a, b) for a, b in zip(before, args, strict=True))
+
+
+def test_mamba2_block_step_under_autograd_and_with_a_wrong_shape(ext, calls, monkeypatch):
+    """Under autograd it is the composition (gradients reach in_proj); a wrong shape is named, kernels on or off."""
+    seen = calls("mamba2_block_step")
+    args, keywords = _projections(F64)
+    weight = keywords["in_proj_weight"].clone().requires_grad_()
+    y, _, _ = mamba2_block_step(*args, **{**keywords, "in_proj_weight": weight})
+    y.sum().backward()
+    assert not seen and weight.grad is not None and weight.grad.abs().sum() > 0
+    bad = {**keywords, "conv_weight": keywords["conv_weight"][:, :3]}
+    for mode in ("auto", "off"):
+        monkeypatch.setenv(kernels.KERNELS_ENV, mode)
+        with torch.no_grad(), pytest.raises(ValueError, match="ssd_block_step: conv_weight must have shape"):
+            mamba2_block_step(*args, **bad)
+
+
 # ------------------------------------------------------------------------------------------------ short conv
 
 
@@ -422,7 +468,7 @@ def test_mixers_stream_and_step_through_the_compiled_path_equal_the_plain_path(b
     x = _leaf(torch.randn(3, 24, 16, dtype=dtype))
     mask = _mask(3, 24, 5)
     mask[1, 10:] = True
-    kernel_calls = [calls(f) for f in (["ssd_scan_forward", "conv_forward", "ssd_block_step"] if name == "mamba2"
+    kernel_calls = [calls(f) for f in (["ssd_scan_forward", "conv_forward", "mamba2_block_step"] if name == "mamba2"
                                        else ["lti_scan_forward", "lti_block_step"])]
     with torch.no_grad():  # decoding: the fused steps
         (y, states), (y_plain, states_plain) = both(lambda: _stream_then_decode(mixer, x, mask))

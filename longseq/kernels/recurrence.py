@@ -6,8 +6,8 @@ unavailable (``longseq.kernels.load``), a tensor off the CPU, a dtype or a shape
 op then runs its plain PyTorch path. Outside autograd the extension is called directly (a decode step pays one
 Python call into C++); under autograd through a ``torch.autograd.Function`` whose backward is the C++ backward,
 which recomputes the forward's states from checkpoints every 64 tokens instead of storing them (see the C++ file).
-The fused decode steps (``lti_block_step``, ``ssd_block_step``) run outside autograd only: under autograd their ops
-run the composition of the ops above, each with its compiled backward.
+The fused decode steps (``lti_block_step``, ``ssd_block_step``, ``mamba2_block_step``) run outside autograd only:
+under autograd their ops run the composition of the ops above, each with its compiled backward.
 
 Complex states and parameters (S4D) are passed as they are (C++ reads them as interleaved (re, im) pairs), or, to
 the fused LTI step, as their real views (..., M, 2), the layout states are stored in (``BoundLTIBlockStep``);
@@ -242,4 +242,25 @@ def ssd_block_step(zxbcdt: Tensor, conv_state: Tensor, state: Tensor, *, conv_we
         return None
     y, conv, ssm = ext.ssd_block_step(zxbcdt, conv_state, state, conv_weight, conv_bias, dt_bias, A, D, norm_weight,
                                       norm_eps, norm_group_size, ngroups, mask_t)
+    return y, conv, ssm
+
+
+def mamba2_block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, *, in_proj_weight: Tensor,
+                      in_proj_bias: Tensor | None, out_proj_weight: Tensor, out_proj_bias: Tensor | None,
+                      conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A: Tensor, D: Tensor | None,
+                      norm_weight: Tensor, norm_eps: float, norm_group_size: int, ngroups: int,
+                      mask_t: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``longseq.ops.mamba_step.mamba2_block_step`` in one call (the projections too); None under autograd or
+    autocast, or unless every tensor has u_t's dtype, float32 or float64."""
+    tensors = (u_t, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, conv_state, state, conv_weight,
+               conv_bias, dt_bias, A, D, norm_weight)
+    if (u_t.dtype not in REAL or torch.is_autocast_enabled("cpu") or not _one_dtype(u_t.dtype, *tensors)
+            or _tracked(*tensors)):
+        return None
+    ext = extension(*tensors, mask_t)
+    if ext is None:
+        return None
+    y, conv, ssm = ext.mamba2_block_step(u_t, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                                         conv_state, state, conv_weight, conv_bias, dt_bias, A, D, norm_weight,
+                                         norm_eps, norm_group_size, ngroups, mask_t)
     return y, conv, ssm

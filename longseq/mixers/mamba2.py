@@ -10,8 +10,8 @@ One pass (the reference's Mamba2Simple), with E = expand · d_model inner channe
     out        = out_proj(gated_rms_norm(y, z))  normalise y · silu(z)
 
 B and C are shared by the heads of a group (G groups). The scan is ``longseq.ops.ssd.ssd_chunked`` (Mamba-2's
-chunked algorithm, stable segment sums) or its loop oracle (``impl="ref"``); decoding uses ``ssd_block_step``
-(the conv, dt, SSD update and gated norm of one token, ``ssd_state_update`` inside).
+chunked algorithm, stable segment sums) or its loop oracle (``impl="ref"``); decoding uses ``mamba2_block_step``
+(the whole block for one token: projections, conv, dt, SSD update and gated norm).
 A padded token gets dt = 0 (no decay, no input) and is skipped by the short convolution: an exact no-op on both
 states. ``A_log``, ``D`` and ``dt_bias`` carry no weight decay. The non-causal form adds a second pass over the
 reversed sequence (``_passes``); cross patterns are refused.
@@ -32,7 +32,8 @@ from longseq.mixers.registry import register
 from longseq.modules import GatedRMSNorm, ShortConv, ShortConvState
 from longseq.modules.optim import set_optim
 from longseq.modules.ssm_init import dt_bias
-from longseq.ops.ssd import ssd_block_step, ssd_chunked, ssd_ref
+from longseq.ops.mamba_step import mamba2_block_step
+from longseq.ops.ssd import ssd_chunked, ssd_ref
 
 
 class Mamba2Pass(nn.Module):
@@ -84,14 +85,14 @@ class Mamba2Pass(nn.Module):
         return self._output(y, z, mask), ConvScanState(conv=conv, ssm=ssm)
 
     def step(self, u_t: Tensor, state: ConvScanState, mask_t: Tensor | None) -> tuple[Tensor, ConvScanState]:
-        """u_t: (B, d_model), mask_t: bool (B,) -> y_t: (B, d_model); the state after it. Everything between the
-        projections is one op (``ssd_block_step``: one compiled call when kernels are available)."""
-        y, window, ssm = ssd_block_step(
-            self.in_proj(u_t), state.conv.window, state.ssm, conv_weight=self.conv.weight, conv_bias=self.conv.bias,
-            dt_bias=self.dt_bias, A=-self.A_log.exp(), D=self.D, norm_weight=self.norm.weight, norm_eps=self.norm.eps,
-            norm_group_size=self.norm.group_size, ngroups=self.ngroups, mask_t=mask_t)
-        y = self.out_proj(y)
-        y = y if mask_t is None else y.masked_fill(~mask_t[..., None], 0.0)
+        """u_t: (B, d_model), mask_t: bool (B,) -> y_t: (B, d_model); the state after it. The whole block is one op
+        (``mamba2_block_step``: one compiled call when kernels are available)."""
+        y, window, ssm = mamba2_block_step(
+            u_t, state.conv.window, state.ssm, in_proj_weight=self.in_proj.weight, in_proj_bias=self.in_proj.bias,
+            out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias, conv_weight=self.conv.weight,
+            conv_bias=self.conv.bias, dt_bias=self.dt_bias, A=-self.A_log.exp(), D=self.D,
+            norm_weight=self.norm.weight, norm_eps=self.norm.eps, norm_group_size=self.norm.group_size,
+            ngroups=self.ngroups, mask_t=mask_t)
         return y, ConvScanState(conv=ShortConvState(window=window), ssm=ssm)
 
 

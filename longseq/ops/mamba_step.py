@@ -1,5 +1,6 @@
-"""A whole Mamba block for one token (decoding): ``mamba_block_step``, the composition of the block's ops, and one
-compiled call (``longseq.kernels.selective_scan.block_step``) where it applies.
+"""Whole Mamba and Mamba-2 blocks for one token (decoding), projections included: ``mamba_block_step`` and
+``mamba2_block_step``, each the composition of its block's ops, and one compiled call
+(``longseq.kernels.selective_scan.block_step``, ``longseq.kernels.recurrence.mamba2_block_step``) where it applies.
 
 At d_model 256 a token's arithmetic is a few microseconds and the ~15 PyTorch calls of the composition cost more
 than that in dispatch; the compiled form runs the projections, the short convolution, softplus, the state update and
@@ -14,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.kernels import recurrence
 from longseq.kernels import selective_scan as compiled
 from longseq.ops.selective_scan import selective_state_update
 from longseq.ops.short_conv import causal_conv1d_update
+from longseq.ops.ssd import ssd_block_step
 
 
 class MambaStepWeights(NamedTuple):
@@ -93,3 +96,38 @@ def _check_block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, weights: M
         raise ValueError(f"mamba_block_step: mask_t must be bool of shape ({batch},), got {mask_t.dtype} "
                          f"{tuple(mask_t.shape)}")
     return rank, n
+
+
+def mamba2_block_step(u_t: Tensor, conv_state: Tensor, state: Tensor, *, in_proj_weight: Tensor,
+                      in_proj_bias: Tensor | None, out_proj_weight: Tensor, out_proj_bias: Tensor | None,
+                      conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A: Tensor, D: Tensor | None,
+                      norm_weight: Tensor, norm_eps: float, norm_group_size: int, ngroups: int,
+                      mask_t: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """A whole Mamba-2 block for one token: u_t: (B, d_model) -> (y_t: (B, d_model), the new conv state, the new
+    state); ``y = out_proj(ssd_block_step(in_proj(u_t), ...))``, 0 where masked (``ops.ssd.ssd_block_step`` has the
+    other arguments). Outside autograd and autocast, with every tensor on the CPU in one dtype (float32 or float64)
+    and the kernel available, one compiled call; otherwise that composition, which also names a wrong shape."""
+    kwargs = dict(conv_weight=conv_weight, conv_bias=conv_bias, dt_bias=dt_bias, A=A, D=D, norm_weight=norm_weight,
+                  norm_eps=norm_eps, norm_group_size=norm_group_size, ngroups=ngroups, mask_t=mask_t)
+    try:
+        fused = recurrence.mamba2_block_step(u_t, conv_state, state, in_proj_weight=in_proj_weight,
+                                             in_proj_bias=in_proj_bias, out_proj_weight=out_proj_weight,
+                                             out_proj_bias=out_proj_bias, **kwargs)
+    except RuntimeError:  # the kernel's own shape checks: the composition's say which argument is wrong
+        with torch.no_grad():
+            _mamba2_composition(u_t, conv_state, state, in_proj_weight, in_proj_bias, out_proj_weight,
+                                out_proj_bias, kwargs)
+        raise
+    if fused is not None:
+        return fused
+    return _mamba2_composition(u_t, conv_state, state, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                               kwargs)
+
+
+def _mamba2_composition(u_t: Tensor, conv_state: Tensor, state: Tensor, in_proj_weight: Tensor,
+                        in_proj_bias: Tensor | None, out_proj_weight: Tensor, out_proj_bias: Tensor | None,
+                        kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
+    y, conv_state, state = ssd_block_step(F.linear(u_t, in_proj_weight, in_proj_bias), conv_state, state, **kwargs)
+    y = F.linear(y, out_proj_weight, out_proj_bias)
+    mask_t = kwargs["mask_t"]
+    return (y if mask_t is None else y.masked_fill(~mask_t[:, None], 0.0)), conv_state, state

@@ -1155,6 +1155,50 @@ std::vector<at::Tensor> ssd_block_step(const at::Tensor& zxbcdt, const at::Tenso
   return {y, conv_new, ssm_new};
 }
 
+// Mamba-2's whole token update with its two projections (decoding): zxbcdt = in_proj(u), ssd_block_step, then
+// out_proj; a masked row outputs 0. The projections are vector.h's linear_rows, as in selective_scan.cpp's Mamba
+// block step: each weight is read once per token, fixed row blocks over torch's threads (a BLAS GEMM of one row runs
+// on one thread), each output one dot product in a fixed order. u: (B, d_model), in_w: (E + Cd + H, d_model), in_b:
+// (E + Cd + H,), out_w: (d_model, E), out_b: (d_model,); the rest as ssd_block_step. Returns y: (B, d_model), the new
+// conv state and ssm state.
+std::vector<at::Tensor> mamba2_block_step(const at::Tensor& u, const at::Tensor& in_w,
+                                          const c10::optional<at::Tensor>& in_b, const at::Tensor& out_w,
+                                          const c10::optional<at::Tensor>& out_b, const at::Tensor& conv_state,
+                                          const at::Tensor& ssm, const at::Tensor& conv_weight,
+                                          const c10::optional<at::Tensor>& conv_bias, const at::Tensor& dt_bias,
+                                          const at::Tensor& A, const c10::optional<at::Tensor>& D,
+                                          const at::Tensor& norm_weight, double eps, int64_t group_size,
+                                          int64_t ngroups, const c10::optional<at::Tensor>& mask) {
+  TORCH_CHECK(u.dim() == 2 && in_w.dim() == 2 && out_w.dim() == 2 && in_w.size(1) == u.size(1) &&
+                  out_w.size(1) == norm_weight.size(0),
+              "longseq recurrence kernel: Mamba-2 projections: u (B, d), in_w (., d), out_w (., E) expected");
+  expect(in_b, {in_w.size(0)}, "in_proj bias");
+  expect(out_b, {out_w.size(0)}, "out_proj bias");
+  expect_mask(mask, {u.size(0)});
+  const int64_t batch = u.size(0), rows = in_w.size(0), d = u.size(1), d_out = out_w.size(0), E = out_w.size(1);
+  auto uc = u.contiguous(), inc = in_w.contiguous(), outc = out_w.contiguous();
+  auto inb = contiguous_or_undefined(in_b), outb = contiguous_or_undefined(out_b);
+  auto zxbcdt = at::empty({batch, rows}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba2_in_proj", [&] {
+    longseq::linear_rows<scalar_t>(inc.data_ptr<scalar_t>(), inb.defined() ? inb.data_ptr<scalar_t>() : nullptr,
+                                   rows, d, uc.data_ptr<scalar_t>(), d, batch, zxbcdt.data_ptr<scalar_t>(), rows);
+  });
+  auto parts = ssd_block_step(zxbcdt, conv_state, ssm, conv_weight, conv_bias, dt_bias, A, D, norm_weight, eps,
+                              group_size, ngroups, mask);
+  const auto y = parts[0].contiguous();
+  auto out = at::empty({batch, d_out}, u.options());
+  const bool* m = mask_ptr(mask);
+  const int64_t sm = mask ? mask->stride(0) : 0;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba2_out_proj", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    longseq::linear_rows<scalar_t>(outc.data_ptr<scalar_t>(), outb.defined() ? outb.data_ptr<scalar_t>() : nullptr,
+                                   d_out, E, y.data_ptr<scalar_t>(), E, batch, o, d_out);
+    for (int64_t bi = 0; bi < batch; ++bi)
+      if (m && !m[bi * sm]) std::fill(o + bi * d_out, o + (bi + 1) * d_out, scalar_t(0));
+  });
+  return {out, parts[1], parts[2]};
+}
+
 // ------------------------------------------------------------------------------------------ bindings
 
 // Every tensor argument as the kernels read it: on the CPU, its lazy conjugation or negation (a view's flag that
@@ -1193,4 +1237,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_backward", &Resolving<&conv_backward_op>::call);
   m.def("lti_block_step", &Resolving<&lti_block_step>::call);
   m.def("ssd_block_step", &Resolving<&ssd_block_step>::call);
+  m.def("mamba2_block_step", &Resolving<&mamba2_block_step>::call);
 }
